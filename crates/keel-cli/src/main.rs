@@ -1,0 +1,60 @@
+//! `keel`: the local dev server and the migration runner.
+//!
+//! - `keel serve`: every route on one port (`PORT`, default 3000), at the same
+//!   paths and methods as on Vercel, like `vercel dev`.
+//! - `keel migrate [DIR]`: applies pending migrations (default `migrations/`)
+//!   to `DATABASE_URL`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use keel::db::migrate;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("serve") => {
+            keel::runtime::serve_blocking(keel::http::Router::all(keel::routes::all()))
+        }
+        Some("migrate") => run_migrate(args.get(1).map(PathBuf::from)),
+        _ => {
+            eprintln!("usage: keel serve | keel migrate [MIGRATIONS_DIR]");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_migrate(dir: Option<PathBuf>) -> ExitCode {
+    keel::config::load_dotenv();
+    let Some(database_url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
+        eprintln!("DATABASE_URL: required by `keel migrate` (the Postgres the migrations go to)");
+        return ExitCode::FAILURE;
+    };
+    let dir = dir.unwrap_or_else(|| PathBuf::from("migrations"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime always builds");
+    let result = runtime.block_on(async {
+        let migrations = migrate::load_dir(&dir)?;
+        let mut client = migrate::connect(&database_url, keel::app::tls_config()).await?;
+        migrate::run(&mut client, &migrations).await
+    });
+    match result {
+        Ok(report) => {
+            for name in &report.applied {
+                println!("applied {name}");
+            }
+            println!(
+                "migrations: {} applied, {} already up to date",
+                report.applied.len(),
+                report.already_applied
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("migrate failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

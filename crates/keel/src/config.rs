@@ -1,0 +1,831 @@
+//! Typed configuration, parsed once per cold start from environment variables
+//! (and a `.env` file in development). Parsing never stops at the first
+//! problem: every missing, malformed or inconsistent variable is collected and
+//! reported together, each naming its variable. Secrets are wrapped in
+//! [`SecretString`] so `Debug` and logs cannot print them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use secrecy::{ExposeSecret, SecretBox, SecretString};
+use url::Url;
+
+/// Where the deployment runs; decides log format, HSTS and strictness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Preview,
+    Production,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Development => "development",
+            Self::Preview => "preview",
+            Self::Production => "production",
+        }
+    }
+
+    fn parse(value: &str) -> Option<Self> {
+        match value {
+            "development" => Some(Self::Development),
+            "preview" => Some(Self::Preview),
+            "production" => Some(Self::Production),
+            _ => None,
+        }
+    }
+}
+
+/// How Keel reaches its database.
+#[derive(Debug, Clone)]
+pub enum DatabaseConfig {
+    /// Direct Postgres (local, CI, self-hosted, Supavisor in transaction mode).
+    Postgres { url: SecretString, pool_size: usize },
+    /// Supabase's PostgREST: `POST {url}/rest/v1/rpc/<fn>`.
+    PostgRest { url: Url, service_key: SecretString },
+}
+
+impl DatabaseConfig {
+    pub fn transport_name(&self) -> &'static str {
+        match self {
+            Self::Postgres { .. } => "postgres",
+            Self::PostgRest { .. } => "postgrest",
+        }
+    }
+}
+
+/// An OpenAI-compatible embeddings server.
+#[derive(Debug, Clone)]
+pub struct EmbeddingsProviderConfig {
+    pub base_url: Url,
+    pub api_key: Option<SecretString>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SentryConfig {
+    pub dsn: SecretString,
+    pub traces_sample_rate: f32,
+}
+
+/// Every setting Keel reads. Built by [`Config::from_env`] or, in tests, from a map.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub environment: Environment,
+    pub version: &'static str,
+    pub commit: String,
+    pub port: u16,
+    pub log_level: String,
+    pub database: DatabaseConfig,
+    /// Set when both transports were configured: says which one won and why.
+    pub database_choice_note: Option<String>,
+    pub db_timeout: Duration,
+    pub embeddings: Option<EmbeddingsProviderConfig>,
+    pub admin_api_key: Option<SecretString>,
+    pub cron_secret: Option<SecretString>,
+    pub encryption_key: Option<Arc<SecretBox<[u8; 32]>>>,
+    pub sentry: Option<SentryConfig>,
+    pub cors_origins: Vec<String>,
+    pub maintenance_mode: bool,
+    pub slow_request: Duration,
+    pub max_body_bytes: usize,
+    pub ready_check_timeout: Duration,
+}
+
+/// One variable that is missing, malformed or inconsistent with another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub variable: &'static str,
+    pub message: String,
+}
+
+/// Every problem found in one parse, so an operator fixes them in one go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invalid configuration ({} problem{}):",
+            self.problems.len(),
+            if self.problems.len() == 1 { "" } else { "s" }
+        )?;
+        for problem in &self.problems {
+            writeln!(f, "  - {}: {}", problem.variable, problem.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+pub const OPENAI_DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+/// Secrets that guard whole deployments must not be guessable.
+const MIN_SHARED_SECRET_LEN: usize = 32;
+
+impl Config {
+    /// Reads the process environment, after a `.env` file when one exists.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        load_dotenv();
+        let vars: HashMap<String, String> = std::env::vars().collect();
+        Self::from_vars(&vars)
+    }
+
+    /// Parses settings from a map of variables; the whole parse is pure.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut env = Vars {
+            vars,
+            problems: Vec::new(),
+        };
+
+        let environment = env.environment();
+        let production = environment == Environment::Production;
+        let commit = env
+            .optional("VERCEL_GIT_COMMIT_SHA")
+            .unwrap_or(env!("KEEL_BUILD_COMMIT"))
+            .to_owned();
+        let port = env.parsed("PORT", 3000u16);
+        let log_level = env.optional("LOG_LEVEL").unwrap_or("info").to_owned();
+        if log_level
+            .parse::<tracing_subscriber::filter::Targets>()
+            .is_err()
+        {
+            env.problem(
+                "LOG_LEVEL",
+                "must be a level (error, warn, info, debug, trace) or targets like `keel=debug,info`",
+            );
+        }
+        let (database, database_choice_note) = env.database();
+        let db_timeout = Duration::from_millis(env.parsed("DB_TIMEOUT_MS", 5_000u64));
+        let embeddings = env.embeddings(production);
+        let admin_api_key = env.shared_secret("ADMIN_API_KEY", production);
+        let cron_secret = env.shared_secret("CRON_SECRET", production);
+        let encryption_key = env.encryption_key(production);
+        let sentry = env.sentry();
+        let cors_origins = env.cors_origins(production);
+        let maintenance_mode = env.flag("MAINTENANCE_MODE");
+        let slow_request = Duration::from_millis(env.parsed("SLOW_REQUEST_MS", 5_000u64));
+        let max_body_bytes = env.parsed("MAX_BODY_BYTES", 4 * 1024 * 1024usize);
+        let ready_check_timeout =
+            Duration::from_millis(env.parsed("READY_CHECK_TIMEOUT_MS", 2_000u64));
+
+        if !env.problems.is_empty() {
+            return Err(ConfigError {
+                problems: env.problems,
+            });
+        }
+        Ok(Config {
+            environment,
+            version: env!("CARGO_PKG_VERSION"),
+            commit,
+            port,
+            log_level,
+            database: database.expect("a problem is recorded when no database is configured"),
+            database_choice_note,
+            db_timeout,
+            embeddings,
+            admin_api_key,
+            cron_secret,
+            encryption_key,
+            sentry,
+            cors_origins,
+            maintenance_mode,
+            slow_request,
+            max_body_bytes,
+            ready_check_timeout,
+        })
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.environment == Environment::Production
+    }
+}
+
+/// Loads `.env` into the process environment when present. A missing file is
+/// normal (production); real variables always win over the file.
+pub fn load_dotenv() {
+    let _ = dotenvy::dotenv();
+}
+
+/// The variables being parsed and the problems found so far.
+struct Vars<'a> {
+    vars: &'a HashMap<String, String>,
+    problems: Vec<ConfigProblem>,
+}
+
+impl<'a> Vars<'a> {
+    fn problem(&mut self, variable: &'static str, message: impl Into<String>) {
+        self.problems.push(ConfigProblem {
+            variable,
+            message: message.into(),
+        });
+    }
+
+    /// A set, non-blank value; blank counts as unset so `FOO=` in a .env is harmless.
+    fn optional(&self, name: &str) -> Option<&'a str> {
+        self.vars
+            .get(name)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn parsed<T: std::str::FromStr + fmt::Display>(&mut self, name: &'static str, default: T) -> T {
+        match self.optional(name) {
+            None => default,
+            Some(raw) => raw.parse().unwrap_or_else(|_| {
+                self.problem(name, format!("`{raw}` is not a valid number"));
+                default
+            }),
+        }
+    }
+
+    fn flag(&mut self, name: &'static str) -> bool {
+        match self.optional(name).map(str::to_ascii_lowercase).as_deref() {
+            None | Some("false" | "0" | "no" | "off") => false,
+            Some("true" | "1" | "yes" | "on") => true,
+            Some(other) => {
+                self.problem(
+                    name,
+                    format!("`{other}` is not a boolean (use true or false)"),
+                );
+                false
+            }
+        }
+    }
+
+    fn url(&mut self, name: &'static str) -> Option<Url> {
+        let raw = self.optional(name)?;
+        match Url::parse(raw) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                Some(url)
+            }
+            _ => {
+                self.problem(name, "must be an absolute http(s) URL");
+                None
+            }
+        }
+    }
+
+    fn environment(&mut self) -> Environment {
+        let (name, raw) = match (self.optional("ENVIRONMENT"), self.optional("VERCEL_ENV")) {
+            (Some(raw), _) => ("ENVIRONMENT", raw.to_owned()),
+            (None, Some(raw)) => ("VERCEL_ENV", raw.to_owned()),
+            (None, None) => return Environment::Development,
+        };
+        Environment::parse(&raw).unwrap_or_else(|| {
+            self.problem(
+                name,
+                format!("`{raw}` is not one of development, preview, production"),
+            );
+            Environment::Development
+        })
+    }
+
+    fn database(&mut self) -> (Option<DatabaseConfig>, Option<String>) {
+        let pool_size = self.parsed("DB_POOL_SIZE", 4usize);
+        if pool_size == 0 {
+            self.problem("DB_POOL_SIZE", "must be at least 1");
+        }
+        let postgres = self.optional("DATABASE_URL").map(str::to_owned);
+        if let Some(url) = &postgres
+            && url.parse::<tokio_postgres::Config>().is_err()
+        {
+            self.problem(
+                "DATABASE_URL",
+                "is not a valid Postgres connection string (postgres://user:password@host:port/db)",
+            );
+        }
+        let supabase_url = self.url("SUPABASE_URL");
+        let service_key = self
+            .optional("SUPABASE_SERVICE_ROLE_KEY")
+            .map(str::to_owned);
+        if let Some(key) = &service_key
+            && let Err(message) = check_service_key(key)
+        {
+            self.problem("SUPABASE_SERVICE_ROLE_KEY", message);
+        }
+        let postgrest = match (self.optional("SUPABASE_URL"), &service_key) {
+            (Some(_), None) => {
+                self.problem(
+                    "SUPABASE_SERVICE_ROLE_KEY",
+                    "is required when SUPABASE_URL is set",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                self.problem(
+                    "SUPABASE_URL",
+                    "is required when SUPABASE_SERVICE_ROLE_KEY is set",
+                );
+                None
+            }
+            (Some(_), Some(key)) => supabase_url.map(|url| DatabaseConfig::PostgRest {
+                url,
+                service_key: SecretString::from(key.clone()),
+            }),
+            (None, None) => None,
+        };
+        let postgres = postgres.map(|url| DatabaseConfig::Postgres {
+            url: SecretString::from(url),
+            pool_size: pool_size.max(1),
+        });
+
+        let transport = self.optional("DB_TRANSPORT").unwrap_or("auto").to_owned();
+        match transport.as_str() {
+            "auto" => match (postgres, postgrest) {
+                (Some(pg), Some(rest)) => {
+                    drop(rest);
+                    let note = "both DATABASE_URL and SUPABASE_URL are set: using DATABASE_URL \
+                                (direct Postgres); set DB_TRANSPORT=postgrest to use PostgREST"
+                        .to_owned();
+                    (Some(pg), Some(note))
+                }
+                (Some(pg), None) => (Some(pg), None),
+                (None, Some(rest)) => (Some(rest), None),
+                (None, None) => {
+                    if !self.problems.iter().any(|p| {
+                        matches!(
+                            p.variable,
+                            "DATABASE_URL" | "SUPABASE_URL" | "SUPABASE_SERVICE_ROLE_KEY"
+                        )
+                    }) {
+                        self.problem(
+                            "DATABASE_URL",
+                            "no database configured: set DATABASE_URL, or SUPABASE_URL with SUPABASE_SERVICE_ROLE_KEY",
+                        );
+                    }
+                    (None, None)
+                }
+            },
+            "postgres" => {
+                if postgres.is_none() && self.optional("DATABASE_URL").is_none() {
+                    self.problem("DATABASE_URL", "is required when DB_TRANSPORT=postgres");
+                }
+                (postgres, None)
+            }
+            "postgrest" => {
+                if postgrest.is_none() && self.optional("SUPABASE_URL").is_none() {
+                    self.problem("SUPABASE_URL", "is required when DB_TRANSPORT=postgrest");
+                }
+                (postgrest, None)
+            }
+            other => {
+                self.problem(
+                    "DB_TRANSPORT",
+                    format!("`{other}` is not one of auto, postgres, postgrest"),
+                );
+                (None, None)
+            }
+        }
+    }
+
+    fn embeddings(&mut self, production: bool) -> Option<EmbeddingsProviderConfig> {
+        let custom_base = self.url("OPENAI_BASE_URL");
+        let base_set = self.optional("OPENAI_BASE_URL").is_some();
+        let api_key = self.optional("OPENAI_API_KEY").map(str::to_owned);
+        // OpenAI's own keys start with sk-; compatible servers use their own formats.
+        if let Some(key) = &api_key
+            && !base_set
+            && !key.starts_with("sk-")
+        {
+            self.problem(
+                "OPENAI_API_KEY",
+                "must start with `sk-` (or set OPENAI_BASE_URL for a compatible server)",
+            );
+        }
+        if production && api_key.is_none() && !base_set {
+            self.problem(
+                "OPENAI_API_KEY",
+                "is required in production (or set OPENAI_BASE_URL for a compatible server)",
+            );
+        }
+        if api_key.is_none() && !base_set {
+            return None;
+        }
+        let base_url = match custom_base {
+            Some(url) => url,
+            None if base_set => return None,
+            None => Url::parse(OPENAI_DEFAULT_BASE_URL).expect("constant URL parses"),
+        };
+        Some(EmbeddingsProviderConfig {
+            base_url,
+            api_key: api_key.map(SecretString::from),
+        })
+    }
+
+    fn shared_secret(&mut self, name: &'static str, required: bool) -> Option<SecretString> {
+        match self.optional(name) {
+            None if required => {
+                self.problem(name, "is required in production");
+                None
+            }
+            None => None,
+            Some(value) if value.len() < MIN_SHARED_SECRET_LEN => {
+                self.problem(
+                    name,
+                    format!("must be at least {MIN_SHARED_SECRET_LEN} characters (use `openssl rand -hex 32`)"),
+                );
+                None
+            }
+            Some(value) => Some(SecretString::from(value.to_owned())),
+        }
+    }
+
+    fn encryption_key(&mut self, required: bool) -> Option<Arc<SecretBox<[u8; 32]>>> {
+        let name = "ENCRYPTION_KEY";
+        let Some(raw) = self.optional(name) else {
+            if required {
+                self.problem(name, "is required in production");
+            }
+            return None;
+        };
+        let decoded =
+            decode_hex(raw).or_else(|| base64::engine::general_purpose::STANDARD.decode(raw).ok());
+        match decoded.map(<[u8; 32]>::try_from) {
+            Some(Ok(key)) => Some(Arc::new(SecretBox::new(Box::new(key)))),
+            _ => {
+                self.problem(
+                    name,
+                    "must be 32 bytes, as 64 hex characters or base64 (use `openssl rand -hex 32`)",
+                );
+                None
+            }
+        }
+    }
+
+    fn sentry(&mut self) -> Option<SentryConfig> {
+        let dsn = self.optional("SENTRY_DSN").map(str::to_owned);
+        let rate = self.parsed("SENTRY_TRACES_SAMPLE_RATE", 0.0f32);
+        if !(0.0..=1.0).contains(&rate) {
+            self.problem("SENTRY_TRACES_SAMPLE_RATE", "must be between 0.0 and 1.0");
+        }
+        let dsn = dsn?;
+        if dsn.parse::<sentry::types::Dsn>().is_err() {
+            self.problem(
+                "SENTRY_DSN",
+                "is not a valid Sentry DSN (https://key@host/project)",
+            );
+            return None;
+        }
+        Some(SentryConfig {
+            dsn: SecretString::from(dsn),
+            traces_sample_rate: rate.clamp(0.0, 1.0),
+        })
+    }
+
+    fn cors_origins(&mut self, production: bool) -> Vec<String> {
+        let Some(raw) = self.optional("CORS_ORIGINS") else {
+            return Vec::new();
+        };
+        let mut origins = Vec::new();
+        for origin in raw.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            if origin == "*" {
+                if production {
+                    self.problem(
+                        "CORS_ORIGINS",
+                        "`*` is not allowed in production; list exact origins",
+                    );
+                } else {
+                    origins.push(origin.to_owned());
+                }
+                continue;
+            }
+            match Url::parse(origin) {
+                Ok(url)
+                    if matches!(url.scheme(), "http" | "https")
+                        && url.host().is_some()
+                        && url.path() == "/"
+                        && !origin.ends_with('/') =>
+                {
+                    origins.push(url.origin().ascii_serialization());
+                }
+                _ => self.problem(
+                    "CORS_ORIGINS",
+                    format!("`{origin}` is not an origin like https://app.example.com (no path, no trailing slash)"),
+                ),
+            }
+        }
+        origins
+    }
+}
+
+/// Accepts a legacy `service_role` JWT or a new `sb_secret_` key, and refuses
+/// the anon/publishable keys that would silently fail every call.
+fn check_service_key(key: &str) -> Result<(), String> {
+    if key.starts_with("sb_secret_") {
+        return Ok(());
+    }
+    if key.starts_with("sb_publishable_") {
+        return Err(
+            "is a publishable key; use the secret (sb_secret_…) or service_role key".into(),
+        );
+    }
+    let mut parts = key.split('.');
+    let payload = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some(payload), Some(_), None) => payload,
+        _ => return Err("must be a service_role JWT or an sb_secret_ key".into()),
+    };
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+    match claims
+        .as_ref()
+        .and_then(|c| c.get("role"))
+        .and_then(|r| r.as_str())
+    {
+        Some("service_role") => Ok(()),
+        Some(role) => Err(format!(
+            "is a `{role}` key; Keel needs the service_role key"
+        )),
+        None => Err("must be a service_role JWT or an sb_secret_ key".into()),
+    }
+}
+
+fn decode_hex(raw: &str) -> Option<Vec<u8>> {
+    if !raw.len().is_multiple_of(2) || !raw.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..raw.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&raw[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// Constant-time comparison of a presented secret with the configured one.
+/// Both sides are hashed first so neither content nor length leaks through timing.
+pub fn secret_matches(presented: &str, expected: &SecretString) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let presented = Sha256::digest(presented.as_bytes());
+    let expected = Sha256::digest(expected.expose_secret().as_bytes());
+    presented.ct_eq(&expected).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn jwt_with_role(role: &str) -> String {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.signature",
+            b64.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+            b64.encode(format!(r#"{{"role":"{role}","iss":"supabase"}}"#))
+        )
+    }
+
+    fn problem_variables(result: Result<Config, ConfigError>) -> Vec<&'static str> {
+        let mut names: Vec<_> = result
+            .expect_err("configuration should be rejected")
+            .problems
+            .into_iter()
+            .map(|p| p.variable)
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_minimal_development_config_needs_only_a_database() {
+        let config = Config::from_vars(&vars(&[("DATABASE_URL", "postgres://u:p@localhost/keel")]))
+            .expect("valid");
+        assert_eq!(config.environment, Environment::Development);
+        assert_eq!(config.port, 3000);
+        assert_eq!(config.database.transport_name(), "postgres");
+        assert!(config.embeddings.is_none());
+        assert_eq!(config.slow_request, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_naming_each_variable() {
+        let result = Config::from_vars(&vars(&[
+            ("ENVIRONMENT", "staging"),
+            ("SUPABASE_URL", "not a url"),
+            ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_abc"),
+            ("OPENAI_API_KEY", "pk-123"),
+            ("ENCRYPTION_KEY", "abcd"),
+            ("PORT", "eighty"),
+            ("MAINTENANCE_MODE", "maybe"),
+        ]));
+        assert_eq!(
+            problem_variables(result),
+            vec![
+                "ENCRYPTION_KEY",
+                "ENVIRONMENT",
+                "MAINTENANCE_MODE",
+                "OPENAI_API_KEY",
+                "PORT",
+                "SUPABASE_URL",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_error_message_lists_every_problem_on_its_own_line() {
+        let error = Config::from_vars(&vars(&[("ENVIRONMENT", "prod")])).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("ENVIRONMENT: `prod` is not one of"), "{text}");
+        assert!(
+            text.contains("DATABASE_URL: no database configured"),
+            "{text}"
+        );
+        assert!(
+            text.starts_with("invalid configuration (2 problems)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn production_requires_its_secrets_and_refuses_wildcard_cors() {
+        let result = Config::from_vars(&vars(&[
+            ("VERCEL_ENV", "production"),
+            ("DATABASE_URL", "postgres://u:p@db/keel"),
+            ("CORS_ORIGINS", "*"),
+            ("ADMIN_API_KEY", "short"),
+        ]));
+        assert_eq!(
+            problem_variables(result),
+            vec![
+                "ADMIN_API_KEY",
+                "CORS_ORIGINS",
+                "CRON_SECRET",
+                "ENCRYPTION_KEY",
+                "OPENAI_API_KEY"
+            ]
+        );
+    }
+
+    #[test]
+    fn environment_defaults_from_vercel_env() {
+        let config = Config::from_vars(&vars(&[
+            ("VERCEL_ENV", "preview"),
+            ("DATABASE_URL", "postgres://u:p@db/keel"),
+        ]))
+        .unwrap();
+        assert_eq!(config.environment, Environment::Preview);
+    }
+
+    #[test]
+    fn database_url_wins_over_postgrest_and_says_so() {
+        let config = Config::from_vars(&vars(&[
+            ("DATABASE_URL", "postgres://u:p@db/keel"),
+            ("SUPABASE_URL", "https://abc.supabase.co"),
+            ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_xyz"),
+        ]))
+        .unwrap();
+        assert_eq!(config.database.transport_name(), "postgres");
+        assert!(
+            config
+                .database_choice_note
+                .unwrap()
+                .contains("using DATABASE_URL")
+        );
+
+        let config = Config::from_vars(&vars(&[
+            ("DATABASE_URL", "postgres://u:p@db/keel"),
+            ("SUPABASE_URL", "https://abc.supabase.co"),
+            ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_xyz"),
+            ("DB_TRANSPORT", "postgrest"),
+        ]))
+        .unwrap();
+        assert_eq!(config.database.transport_name(), "postgrest");
+    }
+
+    #[test]
+    fn supabase_keys_are_checked_for_the_service_role() {
+        let cases = [
+            (
+                jwt_with_role("service_role"),
+                true,
+                "legacy service_role JWT",
+            ),
+            ("sb_secret_abc123".to_owned(), true, "new secret key"),
+            (
+                jwt_with_role("anon"),
+                false,
+                "the anon key cannot execute Keel's functions",
+            ),
+            (
+                "sb_publishable_abc".to_owned(),
+                false,
+                "publishable keys are for browsers",
+            ),
+            (
+                "hunter2".to_owned(),
+                false,
+                "neither a JWT nor a secret key",
+            ),
+        ];
+        for (key, accepted, reason) in cases {
+            let result = Config::from_vars(&vars(&[
+                ("SUPABASE_URL", "https://abc.supabase.co"),
+                ("SUPABASE_SERVICE_ROLE_KEY", &key),
+            ]));
+            assert_eq!(result.is_ok(), accepted, "{reason}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_output() {
+        let config = Config::from_vars(&vars(&[
+            ("DATABASE_URL", "postgres://keel:db-password-123@db/keel"),
+            ("ADMIN_API_KEY", "admin-secret-0123456789abcdef0123456789"),
+            ("OPENAI_API_KEY", "sk-openai-secret-value"),
+            ("ENCRYPTION_KEY", &"ab".repeat(32)),
+        ]))
+        .unwrap();
+        let debug = format!("{config:?}");
+        for secret in [
+            "db-password-123",
+            "admin-secret",
+            "sk-openai-secret",
+            &"ab".repeat(32),
+        ] {
+            assert!(!debug.contains(secret), "{secret} leaked into {debug}");
+        }
+    }
+
+    #[test]
+    fn encryption_key_accepts_hex_or_base64_of_exactly_32_bytes() {
+        let base64_key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        let cases = [
+            ("ab".repeat(32), true, "64 hex characters"),
+            (base64_key, true, "base64 of 32 bytes"),
+            ("ab".repeat(16), false, "16 bytes is AES-128, not AES-256"),
+            ("not-a-key".to_owned(), false, "neither hex nor base64"),
+        ];
+        for (key, accepted, reason) in cases {
+            let result = Config::from_vars(&vars(&[
+                ("DATABASE_URL", "postgres://u:p@db/keel"),
+                ("ENCRYPTION_KEY", &key),
+            ]));
+            assert_eq!(result.is_ok(), accepted, "{reason}");
+        }
+    }
+
+    #[test]
+    fn cors_origins_must_be_exact_origins() {
+        let cases = [
+            ("https://app.example.com", true, "a plain origin"),
+            (
+                "https://a.example.com, http://localhost:5173",
+                true,
+                "a list",
+            ),
+            (
+                "https://app.example.com/",
+                false,
+                "trailing slash never matches an Origin header",
+            ),
+            (
+                "https://app.example.com/path",
+                false,
+                "origins have no path",
+            ),
+            ("app.example.com", false, "origins have a scheme"),
+        ];
+        for (origins, accepted, reason) in cases {
+            let result = Config::from_vars(&vars(&[
+                ("DATABASE_URL", "postgres://u:p@db/keel"),
+                ("CORS_ORIGINS", origins),
+            ]));
+            assert_eq!(result.is_ok(), accepted, "{reason}");
+        }
+    }
+
+    #[test]
+    fn openai_compatible_servers_may_use_other_key_formats() {
+        let config = Config::from_vars(&vars(&[
+            ("DATABASE_URL", "postgres://u:p@db/keel"),
+            ("OPENAI_BASE_URL", "http://127.0.0.1:3000/v1"),
+            ("OPENAI_API_KEY", "local-key"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.embeddings.unwrap().base_url.as_str(),
+            "http://127.0.0.1:3000/v1"
+        );
+    }
+
+    #[test]
+    fn secret_matches_only_the_exact_secret() {
+        let secret = SecretString::from("correct horse battery staple".to_owned());
+        assert!(secret_matches("correct horse battery staple", &secret));
+        assert!(!secret_matches("correct horse battery stapl", &secret));
+        assert!(!secret_matches("", &secret));
+    }
+}

@@ -1,0 +1,26 @@
+//! Keel's core: everything a route binary needs, so that `api/<route>.rs` is
+//! only wiring. See `docs/architecture.md` for how a request flows through
+//! these modules.
+//!
+//! - [`config`]: typed settings parsed once per cold start.
+//! - [`http`]: request/response conventions shared by every route.
+//! - [`error`]: the one place errors become HTTP responses.
+//! - [`db`]: the two database transports (PostgREST, direct Postgres) and migrations.
+//! - [`health`]: liveness, readiness and the Sentry test route.
+//! - [`telemetry`]: structured logs and Sentry.
+//! - [`runtime`]: adapters for Vercel, AWS Lambda and a local HTTP server.
+//! - [`routes`]: the table of every route, shared by the binaries and the dev server.
+//! - [`app`]: the state built once per cold start.
+
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod health;
+pub mod http;
+pub mod routes;
+pub mod runtime;
+pub mod telemetry;
+
+pub use app::App;
+pub use error::ApiError;

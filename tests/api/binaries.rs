@@ -1,0 +1,320 @@
+//! The real route binaries, started as processes the way each platform
+//! starts them: locally on PORT, under Vercel's runtime, and under a Lambda
+//! Runtime API (the documented protocol, served on loopback).
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::helpers::TestDatabase;
+use crate::support::serve_http;
+
+const HEALTH_BIN: &str = env!("CARGO_BIN_EXE_health");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn health_binary(db: &TestDatabase, envs: &[(&str, String)]) -> Child {
+    let mut command = Command::new(HEALTH_BIN);
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &db.url)
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    command.spawn().expect("health binary starts")
+}
+
+async fn get_when_up(url: &str, request_id: &str) -> reqwest::Response {
+    keel::app::tls_config();
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        if let Ok(response) = client
+            .get(url)
+            .header("x-request-id", request_id)
+            .send()
+            .await
+        {
+            return response;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} never answered");
+}
+
+#[tokio::test]
+async fn a_route_binary_serves_locally_on_port_and_logs_json_lines_with_the_request_id() {
+    let db = TestDatabase::migrated().await;
+    let port = free_port();
+    let mut child = health_binary(
+        &db,
+        &[
+            ("PORT", port.to_string()),
+            ("ENVIRONMENT", "preview".into()),
+            ("SLOW_REQUEST_MS", "0".into()),
+            ("LOG_LEVEL", "info".into()),
+        ],
+    );
+
+    let response = get_when_up(
+        &format!("http://127.0.0.1:{port}/api/health"),
+        "log-check-7",
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["environment"], "preview");
+
+    // With SLOW_REQUEST_MS=0 every request is slow: a WARN line with the span fields.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("log-check-7") {
+                return line;
+            }
+        }
+        panic!("stdout closed before the request was logged");
+    })
+    .await
+    .expect("request log line");
+    let log: Value = serde_json::from_str(&line).expect("log lines are JSON in preview");
+    assert_eq!(log["level"], "WARN");
+    assert_eq!(log["message"], "slow request");
+    assert_eq!(log["status"], 200);
+    assert!(log["duration_ms"].is_number());
+    assert_eq!(log["span"]["request_id"], "log-check-7");
+    assert_eq!(log["span"]["method"], "GET");
+    assert_eq!(log["span"]["path"], "/api/health");
+}
+
+#[tokio::test]
+async fn a_route_binary_refuses_to_start_listing_every_configuration_problem() {
+    let db = TestDatabase::migrated().await;
+    let child = health_binary(
+        &db,
+        &[
+            ("ENVIRONMENT", "staging".into()),
+            ("ENCRYPTION_KEY", "short".into()),
+            ("OPENAI_API_KEY", "nope".into()),
+        ],
+    );
+
+    let output = child.wait_with_output().await.unwrap();
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for variable in ["ENVIRONMENT", "ENCRYPTION_KEY", "OPENAI_API_KEY"] {
+        assert!(
+            stderr.contains(&format!("{variable}: ")),
+            "{variable} missing from: {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_route_binary_runs_under_the_vercel_runtime() {
+    let db = TestDatabase::migrated().await;
+    let port = free_port();
+    let _child = health_binary(
+        &db,
+        &[
+            ("VERCEL", "1".into()),
+            ("VERCEL_DEV_PORT", port.to_string()),
+            ("VERCEL_ENV", "preview".into()),
+        ],
+    );
+
+    let response = get_when_up(&format!("http://127.0.0.1:{port}/api/health"), "vercel-1").await;
+
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-request-id"], "vercel-1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["environment"], "preview",
+        "ENVIRONMENT defaults from VERCEL_ENV"
+    );
+}
+
+/// The Lambda Runtime API: hands out queued events, records responses.
+#[derive(Clone, Default)]
+struct RuntimeApi {
+    events: Arc<Mutex<VecDeque<(String, Value)>>>,
+    responses: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl RuntimeApi {
+    async fn handle(self, request: Request<Bytes>) -> Response<Bytes> {
+        let path = request.uri().path().to_owned();
+        if path == "/2018-06-01/runtime/invocation/next" {
+            loop {
+                let next = self.events.lock().unwrap().pop_front();
+                if let Some((id, event)) = next {
+                    let deadline = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_millis()
+                        + 30_000;
+                    return Response::builder()
+                        .header("lambda-runtime-aws-request-id", id)
+                        .header("lambda-runtime-deadline-ms", deadline.to_string())
+                        .header(
+                            "lambda-runtime-invoked-function-arn",
+                            "arn:aws:lambda:eu-west-1:123456789012:function:health",
+                        )
+                        .header(
+                            "lambda-runtime-trace-id",
+                            "Root=1-5759e988-bd862e3fe1be46a994272793",
+                        )
+                        .header("content-type", "application/json")
+                        .body(Bytes::from(event.to_string()))
+                        .unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let id = path
+            .strip_prefix("/2018-06-01/runtime/invocation/")
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_default()
+            .to_owned();
+        let body: Value = serde_json::from_slice(request.body()).unwrap_or(Value::Null);
+        self.responses
+            .lock()
+            .unwrap()
+            .push((format!("{id}:{}", path.rsplit('/').next().unwrap()), body));
+        Response::builder()
+            .status(StatusCode::ACCEPTED)
+            .body(Bytes::new())
+            .unwrap()
+    }
+}
+
+fn rest_v1_event(stage: &str, path: &str) -> Value {
+    json!({
+        "resource": "/{proxy+}",
+        "path": path,
+        "httpMethod": "GET",
+        "headers": {"x-request-id": "lambda-v1", "x-forwarded-for": "203.0.113.9"},
+        "multiValueHeaders": {"x-request-id": ["lambda-v1"], "x-forwarded-for": ["203.0.113.9"]},
+        "queryStringParameters": null,
+        "multiValueQueryStringParameters": null,
+        "pathParameters": {"proxy": path.trim_start_matches('/')},
+        "stageVariables": null,
+        "requestContext": {
+            "accountId": "123456789012", "resourceId": "abc123", "stage": stage,
+            "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef", "resourcePath": "/{proxy+}",
+            "httpMethod": "GET", "apiId": "1234567890", "path": format!("/{stage}{path}"),
+            "identity": {"sourceIp": "203.0.113.9", "userAgent": "curl/8"}
+        },
+        "body": null,
+        "isBase64Encoded": false
+    })
+}
+
+fn http_v2_event(stage: &str, raw_path: &str, request_id: &str) -> Value {
+    json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": raw_path,
+        "rawQueryString": "",
+        "headers": {"x-request-id": request_id, "user-agent": "curl/8"},
+        "requestContext": {
+            "accountId": "123456789012", "apiId": "api-id", "domainName": "id.execute-api.eu-west-1.amazonaws.com",
+            "domainPrefix": "id", "requestId": "id", "routeKey": "$default", "stage": stage,
+            "time": "12/Mar/2020:19:03:58 +0000", "timeEpoch": 1583348638390i64,
+            "http": {"method": "GET", "path": raw_path, "protocol": "HTTP/1.1", "sourceIp": "203.0.113.9", "userAgent": "curl/8"}
+        },
+        "isBase64Encoded": false
+    })
+}
+
+#[tokio::test]
+async fn a_route_binary_answers_rest_http_api_and_function_url_events_on_lambda() {
+    let db = TestDatabase::migrated().await;
+    let runtime = RuntimeApi::default();
+    runtime.events.lock().unwrap().extend([
+        ("rest-v1".to_owned(), rest_v1_event("prod", "/api/health")),
+        (
+            "http-v2".to_owned(),
+            http_v2_event("prod", "/prod/api/health", "lambda-v2"),
+        ),
+        (
+            "function-url".to_owned(),
+            http_v2_event("$default", "/api/health", "lambda-url"),
+        ),
+        (
+            "unknown-path".to_owned(),
+            http_v2_event("$default", "/api/elsewhere", "lambda-404"),
+        ),
+    ]);
+    let api = runtime.clone();
+    let address = serve_http(move |request| api.clone().handle(request)).await;
+    let _child = health_binary(
+        &db,
+        &[
+            ("AWS_LAMBDA_RUNTIME_API", address.to_string()),
+            ("AWS_LAMBDA_FUNCTION_NAME", "health".into()),
+            ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128".into()),
+            ("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/health".into()),
+            ("AWS_LAMBDA_LOG_STREAM_NAME", "stream".into()),
+        ],
+    );
+
+    let responses = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if runtime.responses.lock().unwrap().len() >= 4 {
+                return runtime.responses.lock().unwrap().clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the function answered every event");
+
+    for (id, request_id) in [
+        ("rest-v1", "lambda-v1"),
+        ("http-v2", "lambda-v2"),
+        ("function-url", "lambda-url"),
+    ] {
+        let (_, response) = responses
+            .iter()
+            .find(|(key, _)| key == &format!("{id}:response"))
+            .unwrap_or_else(|| panic!("no response to {id}: {responses:?}"));
+        assert_eq!(response["statusCode"], 200, "{id}: {response}");
+        let body: Value = serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["status"], "healthy", "{id}");
+        assert_eq!(
+            response["isBase64Encoded"], false,
+            "{id}: JSON goes back as text"
+        );
+        // REST (v1) answers carry multiValueHeaders, HTTP API (v2) plain headers.
+        let request_id_header = response["headers"]["x-request-id"]
+            .as_str()
+            .or(response["multiValueHeaders"]["x-request-id"][0].as_str());
+        assert_eq!(request_id_header, Some(request_id), "{id}: {response}");
+    }
+    // A deployed function answers for its one route whatever path arrives.
+    let (_, other) = responses
+        .iter()
+        .find(|(key, _)| key == "unknown-path:response")
+        .unwrap();
+    assert_eq!(other["statusCode"], 200);
+}

@@ -1,0 +1,247 @@
+//! Test support: each test gets its own database, cloned from a migrated
+//! template, and its own Keel server on a random loopback port, speaking real
+//! HTTP. `scripts/test` starts the Postgres cluster and exports
+//! `KEEL_TEST_DATABASE_URL` (a superuser URL to its `postgres` database).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use keel::db::migrate;
+use tokio::net::TcpListener;
+use tokio_postgres::NoTls;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn admin_url() -> String {
+    std::env::var("KEEL_TEST_DATABASE_URL")
+        .expect("KEEL_TEST_DATABASE_URL is not set: run the suite with scripts/test")
+}
+
+/// A database of this test's own, dropped with the cluster at the end of the run.
+pub struct TestDatabase {
+    pub url: String,
+}
+
+impl TestDatabase {
+    /// A fresh, fully migrated database.
+    pub async fn migrated() -> Self {
+        let template = ensure_template().await;
+        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        let admin = connect(&admin_url()).await;
+        // The template may still show the connection that migrated it for a
+        // moment; cloning fails while anyone is connected to it.
+        for attempt in 0.. {
+            match admin
+                .batch_execute(&format!("create database {name} template {template}"))
+                .await
+            {
+                Ok(()) => break,
+                Err(error) if attempt < 50 => {
+                    let _ = error;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("cannot clone the template database: {error}"),
+            }
+        }
+        Self::named(name)
+    }
+
+    /// A fresh database with no migrations applied.
+    pub async fn empty() -> Self {
+        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        connect(&admin_url())
+            .await
+            .batch_execute(&format!("create database {name}"))
+            .await
+            .expect("create database");
+        Self::named(name)
+    }
+
+    fn named(name: String) -> Self {
+        Self {
+            url: url_with_database(&admin_url(), &name),
+        }
+    }
+
+    /// A superuser connection to this database.
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        connect(&self.url).await
+    }
+
+    /// This database's URL with host and port replaced, e.g. to go through a proxy.
+    pub fn url_via(&self, address: SocketAddr) -> String {
+        let mut url = url::Url::parse(&self.url).expect("test URL parses");
+        url.set_host(Some(&address.ip().to_string())).unwrap();
+        url.set_port(Some(address.port())).unwrap();
+        url.to_string()
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        let url = url::Url::parse(&self.url).expect("test URL parses");
+        format!("{}:{}", url.host_str().unwrap(), url.port().unwrap())
+            .parse()
+            .unwrap()
+    }
+}
+
+fn url_with_database(url: &str, database: &str) -> String {
+    let mut url = url::Url::parse(url).expect("KEEL_TEST_DATABASE_URL parses");
+    url.set_path(&format!("/{database}"));
+    url.to_string()
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the test database: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+pub fn migrations() -> Vec<migrate::Migration> {
+    migrate::load_dir(&repo_root().join("migrations")).expect("migrations load")
+}
+
+/// Creates (once per migration set, across test processes) a migrated
+/// template database and returns its name.
+async fn ensure_template() -> String {
+    let migrations = migrations();
+    let fingerprint = migrate::checksum(
+        &migrations
+            .iter()
+            .map(|m| m.checksum.as_str())
+            .collect::<String>(),
+    );
+    let template = format!("keel_template_{}", &fingerprint[..16]);
+    let mut admin = connect(&admin_url()).await;
+    admin
+        .execute("select pg_advisory_lock(4242)", &[])
+        .await
+        .unwrap();
+    let exists = admin
+        .query_opt("select 1 from pg_database where datname = $1", &[&template])
+        .await
+        .unwrap()
+        .is_some();
+    if !exists {
+        let building = format!("{template}_building");
+        for statement in [
+            format!("drop database if exists {building}"),
+            format!("create database {building}"),
+        ] {
+            admin.batch_execute(&statement).await.unwrap();
+        }
+        {
+            let mut client = connect(&url_with_database(&admin_url(), &building)).await;
+            migrate::run(&mut client, &migrations)
+                .await
+                .expect("migrations apply to a fresh database");
+        }
+        // Renaming waits for nobody; the migrating connection is gone or going.
+        for attempt in 0.. {
+            match admin
+                .batch_execute(&format!("alter database {building} rename to {template}"))
+                .await
+            {
+                Ok(()) => break,
+                Err(_) if attempt < 50 => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                }
+                Err(error) => panic!("cannot finish the template: {error}"),
+            }
+        }
+    }
+    admin
+        .execute("select pg_advisory_unlock(4242)", &[])
+        .await
+        .unwrap();
+    let _ = &mut admin;
+    template
+}
+
+/// A running Keel server with every route, on its own port and database.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub app: Arc<keel::App>,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+}
+
+/// The variables every test app starts from; tests override what they need.
+pub fn base_vars(db: &TestDatabase) -> HashMap<String, String> {
+    HashMap::from([
+        ("ENVIRONMENT".to_owned(), "development".to_owned()),
+        ("DATABASE_URL".to_owned(), db.url.clone()),
+        ("LOG_LEVEL".to_owned(), "warn".to_owned()),
+    ])
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_, _| {}).await
+}
+
+/// Spawns an app after letting the test adjust its variables.
+pub async fn spawn_app_with(
+    customise: impl FnOnce(&TestDatabase, &mut HashMap<String, String>),
+) -> TestApp {
+    let db = TestDatabase::migrated().await;
+    let mut vars = base_vars(&db);
+    customise(&db, &mut vars);
+    spawn_app_on(vars).await
+}
+
+pub async fn spawn_app_on(vars: HashMap<String, String>) -> TestApp {
+    let config = keel::config::Config::from_vars(&vars).unwrap_or_else(|e| panic!("{e}"));
+    let app = keel::App::new(config).expect("app builds");
+    keel::telemetry::init(&app.config, &app.http);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let router = Arc::new(keel::http::Router::all(keel::routes::all()));
+    tokio::spawn(keel::runtime::serve_local(
+        listener,
+        app.clone(),
+        router,
+        std::future::pending(),
+    ));
+    TestApp {
+        address,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        app,
+    }
+}
+
+/// The `error` object of a JSON error body, after checking its stable shape.
+pub async fn error_body(response: reqwest::Response) -> serde_json::Value {
+    let body: serde_json::Value = response.json().await.expect("JSON error body");
+    let error = body["error"].clone();
+    assert!(error["code"].is_string(), "error.code missing in {body}");
+    assert!(
+        error["message"].is_string(),
+        "error.message missing in {body}"
+    );
+    assert!(
+        error["request_id"].is_string(),
+        "error.request_id missing in {body}"
+    );
+    error
+}

@@ -1,0 +1,12 @@
+//! Keel's integration suite: real Postgres, real HTTP on loopback.
+//! One binary with modules, so the suite links once.
+
+mod binaries;
+mod database;
+mod health;
+mod helpers;
+mod http_conventions;
+mod postgrest;
+mod ready;
+mod sentry;
+mod support;

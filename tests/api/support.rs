@@ -1,0 +1,302 @@
+//! Loopback servers the tests put around Keel: a TCP proxy that can cut or
+//! stall the database, a PostgREST emulator over the real Postgres, and
+//! doubles of the paid APIs (Sentry ingestion, OpenAI's `/models`) that follow
+//! their documented behaviour.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Serves `handler` over HTTP/1.1 on a random loopback port.
+pub async fn serve_http<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Bytes>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Bytes>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let handler = handler.clone();
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let response = handler(Request::from_parts(parts, body)).await;
+                            Ok::<_, std::convert::Infallible>(response.map(Full::new))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    address
+}
+
+pub fn json_reply(status: StatusCode, body: Value) -> Response<Bytes> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Bytes::from(body.to_string()))
+        .unwrap()
+}
+
+/// What the proxy does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    Forward,
+    /// Closes every connection, like a stopped server.
+    Refuse,
+    /// Accepts and holds connections without a byte through, like a dead host.
+    Stall,
+}
+
+/// A TCP proxy in front of Postgres that a test can cut and restore.
+pub struct TcpProxy {
+    pub address: SocketAddr,
+    mode: watch::Sender<ProxyMode>,
+}
+
+impl TcpProxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (mode, _) = watch::channel(ProxyMode::Forward);
+        let modes = mode.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let mut changes = modes.subscribe();
+                let current = *changes.borrow_and_update();
+                tokio::spawn(async move {
+                    match current {
+                        ProxyMode::Refuse => drop(client),
+                        ProxyMode::Stall => {
+                            // Hold the socket until the mode changes, then drop it.
+                            let _ = changes.changed().await;
+                            drop(client);
+                        }
+                        ProxyMode::Forward => {
+                            let Ok(server) = TcpStream::connect(upstream).await else {
+                                return;
+                            };
+                            let (mut client, mut server) = (client, server);
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                                // Any change of mode severs live connections.
+                                _ = changes.changed() => {}
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self { address, mode }
+    }
+
+    pub fn set(&self, mode: ProxyMode) {
+        self.mode.send_replace(mode);
+    }
+}
+
+/// A stand-in for Sentry's ingestion endpoint that records every envelope.
+#[derive(Clone, Default)]
+pub struct FakeSentry {
+    envelopes: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeSentry {
+    pub async fn start() -> (Self, String) {
+        let sentry = FakeSentry::default();
+        let recorder = sentry.clone();
+        let address = serve_http(move |request: Request<Bytes>| {
+            let recorder = recorder.clone();
+            async move {
+                if request.uri().path() == "/api/42/envelope/" {
+                    recorder
+                        .envelopes
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(request.body()).into_owned());
+                }
+                json_reply(StatusCode::OK, json!({"id": "0"}))
+            }
+        })
+        .await;
+        (sentry, format!("http://public@{address}/42"))
+    }
+
+    pub fn envelopes(&self) -> Vec<String> {
+        self.envelopes.lock().unwrap().clone()
+    }
+}
+
+/// PostgREST's RPC behaviour over the real test database: the role comes from
+/// the key (service_role JWT or sb_secret_ key; a JWT without Authorization
+/// runs as anon), the body is the function's single jsonb argument, results
+/// come back bare and errors as `{"code","message","details","hint"}` with
+/// PostgREST's documented statuses.
+pub async fn start_postgrest(database_url: String, service_key: String) -> SocketAddr {
+    serve_http(move |request: Request<Bytes>| {
+        let database_url = database_url.clone();
+        let service_key = service_key.clone();
+        async move { postgrest_rpc(request, &database_url, &service_key).await }
+    })
+    .await
+}
+
+async fn postgrest_rpc(
+    request: Request<Bytes>,
+    database_url: &str,
+    service_key: &str,
+) -> Response<Bytes> {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    if header("apikey").as_deref() != Some(service_key) {
+        return json_reply(
+            StatusCode::UNAUTHORIZED,
+            json!({"message": "Invalid API key", "hint": "Double check your Supabase `anon` or `service_role` API key."}),
+        );
+    }
+    let role = if service_key.starts_with("sb_secret_") {
+        match header("authorization") {
+            None => "service_role",
+            Some(auth) if auth == format!("Bearer {service_key}") => "service_role",
+            Some(_) => {
+                return json_reply(
+                    StatusCode::UNAUTHORIZED,
+                    json!({"code": "PGRST301", "message": "Expected 3 parts in JWT; got 1", "details": null, "hint": null}),
+                );
+            }
+        }
+    } else if header("authorization") == Some(format!("Bearer {service_key}")) {
+        "service_role"
+    } else {
+        "anon"
+    };
+    let Some(function) = request.uri().path().strip_prefix("/rest/v1/rpc/") else {
+        return json_reply(
+            StatusCode::NOT_FOUND,
+            json!({"code": "PGRST125", "message": "Invalid path specified in request URL"}),
+        );
+    };
+    if !function
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return json_reply(
+            StatusCode::NOT_FOUND,
+            json!({"code": "PGRST202", "message": "Could not find the function"}),
+        );
+    }
+    let args: Value = match serde_json::from_slice(request.body()) {
+        Ok(args) => args,
+        Err(_) => {
+            return json_reply(
+                StatusCode::BAD_REQUEST,
+                json!({"code": "PGRST102", "message": "Empty or invalid json", "details": null, "hint": null}),
+            );
+        }
+    };
+    let mut client = super::helpers::connect(database_url).await;
+    let transaction = client.transaction().await.unwrap();
+    transaction
+        .batch_execute(&format!("set local role {role}"))
+        .await
+        .unwrap();
+    let sql = format!("select public.{function}($1::jsonb)");
+    let result = transaction.query_one(&sql, &[&args]).await;
+    match result {
+        Ok(row) => {
+            transaction.commit().await.unwrap();
+            let value: Option<Value> = row.get(0);
+            json_reply(StatusCode::OK, value.unwrap_or(Value::Null))
+        }
+        Err(error) => {
+            let Some(db) = error.as_db_error() else {
+                return json_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"code": "PGRST000", "message": "Database connection error"}),
+                );
+            };
+            let code = db.code().code().to_owned();
+            if code == "42883" {
+                return json_reply(
+                    StatusCode::NOT_FOUND,
+                    json!({"code": "PGRST202", "message": format!("Could not find the function public.{function} without parameters in the schema cache"), "details": null, "hint": null}),
+                );
+            }
+            json_reply(
+                postgrest_status(&code, role),
+                json!({"code": code, "message": db.message(), "details": db.detail(), "hint": db.hint()}),
+            )
+        }
+    }
+}
+
+/// https://postgrest.org/en/stable/references/errors.html#http-status-codes
+fn postgrest_status(code: &str, role: &str) -> StatusCode {
+    match code {
+        "23503" | "23505" => StatusCode::CONFLICT,
+        "P0001" => StatusCode::BAD_REQUEST,
+        "42501" if role == "anon" => StatusCode::UNAUTHORIZED,
+        "42501" => StatusCode::FORBIDDEN,
+        "42P01" => StatusCode::NOT_FOUND,
+        _ if code.starts_with("08") || code.starts_with("53") => StatusCode::SERVICE_UNAVAILABLE,
+        _ if [
+            "25", "2D", "38", "39", "3B", "40", "54", "55", "57", "58", "F0", "HV", "P0", "XX",
+        ]
+        .iter()
+        .any(|class| code.starts_with(class)) =>
+        {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// An OpenAI-compatible `/v1/models` that answers with `status` after `delay`.
+pub async fn start_models_endpoint(status: StatusCode, delay: std::time::Duration) -> String {
+    let address = serve_http(move |request: Request<Bytes>| async move {
+        tokio::time::sleep(delay).await;
+        if request.uri().path() != "/v1/models" {
+            return json_reply(StatusCode::NOT_FOUND, json!({"error": {"message": "not found"}}));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            return json_reply(
+                status,
+                json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}}),
+            );
+        }
+        json_reply(status, json!({"object": "list", "data": [{"id": "text-embedding-3-small", "object": "model"}]}))
+    })
+    .await;
+    format!("http://{address}/v1")
+}
