@@ -512,6 +512,143 @@ mod tests {
         assert_eq!(request_id(&HeaderMap::new()).len(), 36);
     }
 
+    fn request_with(content_type: Option<&str>, body: &str) -> ApiRequest {
+        let mut headers = HeaderMap::new();
+        if let Some(content_type) = content_type {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_str(content_type).unwrap(),
+            );
+        }
+        ApiRequest {
+            method: Method::POST,
+            path: "/api/search".to_owned(),
+            query: None,
+            headers,
+            body: Bytes::from(body.to_owned()),
+            params: Vec::new(),
+            request_id: "r".to_owned(),
+            client_ip: None,
+        }
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Search {
+        query: String,
+        top_k: u8,
+        filter: Option<Filter>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Filter {
+        tags: Vec<String>,
+    }
+
+    #[test]
+    fn json_bodies_are_refused_with_a_message_naming_the_problem() {
+        let cases = [
+            (
+                Some("text/plain"),
+                r#"{"query":"x","top_k":5}"#,
+                415,
+                "unsupported_media_type",
+                "request body must be JSON",
+                "not JSON",
+            ),
+            (
+                None,
+                r#"{"query":"x","top_k":5}"#,
+                415,
+                "unsupported_media_type",
+                "request body must be JSON",
+                "no content type",
+            ),
+            (
+                Some("application/json"),
+                "",
+                400,
+                "invalid_json",
+                "request body is empty",
+                "empty body",
+            ),
+            (
+                Some("application/json"),
+                r#"{"query":"x","#,
+                400,
+                "invalid_json",
+                "malformed JSON: EOF while parsing",
+                "truncated",
+            ),
+            (
+                Some("application/json"),
+                r#"{"query":"x","top_k":"five"}"#,
+                400,
+                "invalid_json",
+                "`top_k`: invalid type: string \"five\", expected u8",
+                "wrong type names the field",
+            ),
+            (
+                Some("application/json"),
+                r#"{"query":"x","top_k":5,"filter":{"tags":[1]}}"#,
+                400,
+                "invalid_json",
+                "`filter.tags[0]`: invalid type: integer `1`",
+                "nested path",
+            ),
+            (
+                Some("application/json"),
+                r#"{"top_k":5}"#,
+                400,
+                "invalid_json",
+                "missing field `query`",
+                "missing field",
+            ),
+        ];
+        for (content_type, body, status, code, message, reason) in cases {
+            let error = request_with(content_type, body)
+                .json::<Search>()
+                .unwrap_err();
+            assert_eq!(error.status().as_u16(), status, "{reason}");
+            assert_eq!(error.code(), code, "{reason}");
+            let response = error.into_response("r");
+            let json: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+            let text = json["error"]["message"].as_str().unwrap();
+            assert!(text.contains(message), "{reason}: {text}");
+        }
+    }
+
+    #[test]
+    fn json_bodies_with_a_json_content_type_parse() {
+        for content_type in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/merge-patch+json",
+        ] {
+            let search: Search = request_with(Some(content_type), r#"{"query":"vegan","top_k":5}"#)
+                .json()
+                .unwrap();
+            assert_eq!(search.query, "vegan");
+        }
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_case_insensitively() {
+        let mut request = request_with(None, "");
+        for (value, expected) in [
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("Basic abc", None),
+            ("Bearer ", None),
+        ] {
+            request
+                .headers
+                .insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+            assert_eq!(request.bearer_token(), expected, "{value}");
+        }
+    }
+
     #[test]
     fn percent_decoding_handles_truncated_escapes() {
         assert_eq!(percent_decode("a%20b"), "a b");
