@@ -163,11 +163,15 @@ async fn ensure_template() -> String {
     template
 }
 
+pub const ADMIN_KEY: &str = "admin-key-for-tests-0123456789abcdef";
+pub const CRON_SECRET: &str = "cron-secret-for-tests-0123456789abcdef";
+
 /// A running Keel server with every route, on its own port and database.
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub app: Arc<keel::App>,
+    pub db: TestDatabase,
 }
 
 impl TestApp {
@@ -190,7 +194,82 @@ pub fn base_vars(db: &TestDatabase) -> HashMap<String, String> {
         ("ENVIRONMENT".to_owned(), "development".to_owned()),
         ("DATABASE_URL".to_owned(), db.url.clone()),
         ("LOG_LEVEL".to_owned(), "warn".to_owned()),
+        ("ADMIN_API_KEY".to_owned(), ADMIN_KEY.to_owned()),
+        ("CRON_SECRET".to_owned(), CRON_SECRET.to_owned()),
     ])
+}
+
+/// Variables pointing Keel at a fake OpenAI server (64-dimension vectors).
+pub fn openai_vars(vars: &mut HashMap<String, String>, base_url: &str) {
+    vars.insert("OPENAI_BASE_URL".into(), base_url.into());
+    vars.insert("OPENAI_API_KEY".into(), "sk-test".into());
+    vars.insert("EMBEDDING_MODEL".into(), "text-embedding-3-small".into());
+    vars.insert("EMBEDDING_DIMENSIONS".into(), "64".into());
+}
+
+impl TestApp {
+    /// Creates a tenant through the admin API and returns its API key.
+    pub async fn create_tenant(&self, slug: &str) -> String {
+        let response = self
+            .client
+            .post(self.url("/api/tenants"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&serde_json::json!({"name": slug, "slug": slug}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "creating tenant {slug}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["api_key"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn put_documents(
+        &self,
+        key: &str,
+        documents: serde_json::Value,
+    ) -> reqwest::Response {
+        self.client
+            .put(self.url("/api/documents"))
+            .bearer_auth(key)
+            .json(&serde_json::json!({"documents": documents}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn search(&self, key: &str, body: serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/search"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Runs the embedding cron once, as Vercel Cron would, and returns its report.
+    pub async fn run_embedding_cron(&self) -> serde_json::Value {
+        let response = self
+            .client
+            .get(self.url("/api/cron/embeddings"))
+            .bearer_auth(CRON_SECRET)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "embedding cron");
+        response.json().await.unwrap()
+    }
+
+    /// One number from this app's database.
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.db
+            .connect()
+            .await
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -204,16 +283,53 @@ pub async fn spawn_app_with(
     let db = TestDatabase::migrated().await;
     let mut vars = base_vars(&db);
     customise(&db, &mut vars);
-    spawn_app_on(vars).await
+    spawn_app_on(db, vars).await
 }
 
-pub async fn spawn_app_on(vars: HashMap<String, String>) -> TestApp {
+pub async fn spawn_app_on(db: TestDatabase, vars: HashMap<String, String>) -> TestApp {
+    start(db, vars, false).await
+}
+
+/// An app that embeds with the real all-MiniLM-L6-v2, served on its own
+/// `/v1/embeddings` exactly as `keel serve` does.
+pub async fn spawn_app_with_local_model(
+    customise: impl FnOnce(&mut HashMap<String, String>),
+) -> TestApp {
+    let db = TestDatabase::migrated().await;
+    let mut vars = base_vars(&db);
+    customise(&mut vars);
+    start(db, vars, true).await
+}
+
+fn load_local_model() {
+    static LOADED: std::sync::Once = std::sync::Once::new();
+    LOADED.call_once(|| {
+        let dir = std::env::var("KEEL_LOCAL_MODEL_DIR")
+            .expect("KEEL_LOCAL_MODEL_DIR is not set: run the suite with scripts/test");
+        keel_local::install(
+            keel_local::LocalModel::load(std::path::Path::new(&dir)).expect("local model loads"),
+        );
+    });
+}
+
+async fn start(db: TestDatabase, mut vars: HashMap<String, String>, local_model: bool) -> TestApp {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let mut routes = keel::routes::all();
+    if local_model {
+        load_local_model();
+        routes.extend(keel_local::routes());
+        vars.insert("OPENAI_BASE_URL".into(), format!("{address}/v1"));
+        vars.insert("EMBEDDING_MODEL".into(), keel_local::MODEL_NAME.into());
+        vars.insert(
+            "EMBEDDING_DIMENSIONS".into(),
+            keel_local::DIMENSIONS.to_string(),
+        );
+    }
     let config = keel::config::Config::from_vars(&vars).unwrap_or_else(|e| panic!("{e}"));
     let app = keel::App::new(config).expect("app builds");
     keel::telemetry::init(&app.config, &app.http);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = format!("http://{}", listener.local_addr().unwrap());
-    let router = Arc::new(keel::http::Router::all(keel::routes::all()));
+    let router = Arc::new(keel::http::Router::all(routes));
     tokio::spawn(keel::runtime::serve_local(
         listener,
         app.clone(),
@@ -227,6 +343,7 @@ pub async fn spawn_app_on(vars: HashMap<String, String>) -> TestApp {
             .build()
             .unwrap(),
         app,
+        db,
     }
 }
 

@@ -3,10 +3,14 @@
 
 mod binaries;
 mod database;
+mod documents;
+mod embedding_worker;
 mod health;
 mod helpers;
 mod http_conventions;
 mod postgrest;
 mod ready;
+mod search;
 mod sentry;
 mod support;
+mod tenants;

@@ -32,7 +32,7 @@ async fn ready_works_through_postgrest_with_either_kind_of_service_key() {
         let db = TestDatabase::migrated().await;
         let postgrest = start_postgrest(db.url.clone(), key.clone()).await;
         let vars = postgrest_vars(&db, format!("http://{postgrest}"), &key);
-        let app = spawn_app_on(vars).await;
+        let app = spawn_app_on(db, vars).await;
 
         let response = app.get("/api/ready").await;
 

@@ -33,7 +33,7 @@ async fn ready_fails_fast_when_the_database_hangs_and_recovers_when_it_returns()
     vars.insert("DATABASE_URL".into(), db.url_via(proxy.address));
     vars.insert("READY_CHECK_TIMEOUT_MS".into(), "500".into());
     vars.insert("DB_TIMEOUT_MS".into(), "400".into());
-    let app = spawn_app_on(vars).await;
+    let app = spawn_app_on(db, vars).await;
     assert_eq!(app.get("/api/ready").await.status(), 200);
 
     // Act: the database host stops answering.
@@ -82,7 +82,7 @@ async fn ready_fails_fast_when_the_database_hangs_and_recovers_when_it_returns()
 async fn ready_reports_an_unmigrated_database_as_not_ready() {
     let db = TestDatabase::empty().await;
     let vars = base_vars(&db);
-    let app = spawn_app_on(vars).await;
+    let app = spawn_app_on(db, vars).await;
 
     let response = app.get("/api/ready").await;
 

@@ -3,6 +3,7 @@
 //! doubles of the paid APIs (Sentry ingestion, OpenAI's `/models`) that follow
 //! their documented behaviour.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -299,4 +300,159 @@ pub async fn start_models_endpoint(status: StatusCode, delay: std::time::Duratio
     })
     .await;
     format!("http://{address}/v1")
+}
+
+/// One scripted answer of the fake OpenAI server.
+#[derive(Debug, Clone)]
+pub enum Scripted {
+    /// 429 with `retry-after-ms`, as OpenAI rate limits.
+    RateLimited { retry_after_ms: u64 },
+    /// A 5xx, as during an incident.
+    ServerError(u16),
+    /// A 400 naming the problem, as for an input that is too long.
+    BadRequest,
+    /// Accepts the connection, then says nothing for this long.
+    Hang(std::time::Duration),
+}
+
+/// OpenAI's `POST /v1/embeddings` and `GET /v1/models`, following the
+/// documented request and response shapes and errors. Vectors are
+/// deterministic bags of words (so texts sharing words are near each other),
+/// unit length, of the requested `dimensions`. Scripted answers are served
+/// first, in order; then every request succeeds (or fails, if `always`).
+#[derive(Clone, Default)]
+pub struct FakeOpenAi {
+    script: Arc<Mutex<VecDeque<Scripted>>>,
+    always: Arc<Mutex<Option<Scripted>>>,
+    requests: Arc<Mutex<Vec<Value>>>,
+}
+
+impl FakeOpenAi {
+    pub async fn start() -> (Self, String) {
+        let fake = FakeOpenAi::default();
+        let server = fake.clone();
+        let address = serve_http(move |request| server.clone().handle(request)).await;
+        (fake, format!("http://{address}/v1"))
+    }
+
+    pub fn script(&self, answers: impl IntoIterator<Item = Scripted>) {
+        self.script.lock().unwrap().extend(answers);
+    }
+
+    pub fn always(&self, answer: Option<Scripted>) {
+        *self.always.lock().unwrap() = answer;
+    }
+
+    /// Bodies of every `/v1/embeddings` request received, failures included.
+    pub fn requests(&self) -> Vec<Value> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Inputs embedded successfully or not, over all requests.
+    pub fn inputs_received(&self) -> usize {
+        self.requests()
+            .iter()
+            .map(|r| r["input"].as_array().map_or(1, Vec::len))
+            .sum()
+    }
+
+    async fn handle(self, request: Request<Bytes>) -> Response<Bytes> {
+        if request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            != Some("Bearer sk-test")
+        {
+            return json_reply(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}),
+            );
+        }
+        if request.uri().path() == "/v1/models" {
+            return json_reply(
+                StatusCode::OK,
+                json!({"object": "list", "data": [{"id": "text-embedding-3-small", "object": "model"}]}),
+            );
+        }
+        let body: Value = serde_json::from_slice(request.body()).unwrap_or(Value::Null);
+        self.requests.lock().unwrap().push(body.clone());
+        let scripted = self
+            .script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .or_else(|| self.always.lock().unwrap().clone());
+        match scripted {
+            Some(Scripted::RateLimited { retry_after_ms }) => {
+                return Response::builder()
+                    .status(429)
+                    .header("content-type", "application/json")
+                    .header("retry-after-ms", retry_after_ms.to_string())
+                    .header("x-ratelimit-remaining-requests", "0")
+                    .body(Bytes::from(json!({"error": {"message": "Rate limit reached for text-embedding-3-small", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}).to_string()))
+                    .unwrap();
+            }
+            Some(Scripted::ServerError(status)) => {
+                return json_reply(
+                    StatusCode::from_u16(status).unwrap(),
+                    json!({"error": {"message": "The server had an error while processing your request.", "type": "server_error", "param": null, "code": null}}),
+                );
+            }
+            Some(Scripted::BadRequest) => {
+                return json_reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": {"message": "This model's maximum context length is 8192 tokens.", "type": "invalid_request_error", "param": "input", "code": null}}),
+                );
+            }
+            Some(Scripted::Hang(duration)) => tokio::time::sleep(duration).await,
+            None => {}
+        }
+        let inputs: Vec<String> = match &body["input"] {
+            Value::String(text) => vec![text.clone()],
+            Value::Array(items) => items
+                .iter()
+                .filter_map(|i| i.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let dimensions = body["dimensions"].as_u64().unwrap_or(1536) as usize;
+        if inputs.is_empty() || inputs.len() > 2048 {
+            return json_reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": {"message": "'input' is invalid", "type": "invalid_request_error", "param": "input", "code": null}}),
+            );
+        }
+        let data: Vec<Value> = inputs
+            .iter()
+            .enumerate()
+            .map(|(index, text)| json!({"object": "embedding", "index": index, "embedding": bag_of_words(text, dimensions)}))
+            .collect();
+        json_reply(
+            StatusCode::OK,
+            json!({"object": "list", "data": data, "model": body["model"], "usage": {"prompt_tokens": 1, "total_tokens": 1}}),
+        )
+    }
+}
+
+/// A unit vector counting (crudely stemmed) words into `dimensions` buckets.
+pub fn bag_of_words(text: &str, dimensions: usize) -> Vec<f32> {
+    use sha2::Digest as _;
+    let mut vector = vec![0f32; dimensions];
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.len() > 2)
+    {
+        let word = word.to_lowercase();
+        let stem = word.strip_suffix('s').unwrap_or(&word);
+        let digest = sha2::Sha256::digest(stem.as_bytes());
+        let bucket = u64::from_le_bytes(digest[..8].try_into().unwrap()) as usize % dimensions;
+        vector[bucket] += 1.0;
+    }
+    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        vector.iter_mut().for_each(|x| *x /= norm);
+    } else {
+        vector[0] = 1.0;
+    }
+    vector
 }

@@ -1,7 +1,9 @@
 //! `keel`: the local dev server and the migration runner.
 //!
 //! - `keel serve`: every route on one port (`PORT`, default 3000), at the same
-//!   paths and methods as on Vercel, like `vercel dev`.
+//!   paths and methods as on Vercel, like `vercel dev`. With
+//!   `KEEL_LOCAL_MODEL_DIR` set it also serves the local embedding model as an
+//!   OpenAI-compatible `/v1/embeddings`.
 //! - `keel migrate [DIR]`: applies pending migrations (default `migrations/`)
 //!   to `DATABASE_URL`.
 
@@ -13,15 +15,32 @@ use keel::db::migrate;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("serve") => {
-            keel::runtime::serve_blocking(keel::http::Router::all(keel::routes::all()))
-        }
+        Some("serve") => serve(),
         Some("migrate") => run_migrate(args.get(1).map(PathBuf::from)),
         _ => {
             eprintln!("usage: keel serve | keel migrate [MIGRATIONS_DIR]");
             ExitCode::from(2)
         }
     }
+}
+
+fn serve() -> ExitCode {
+    keel::config::load_dotenv();
+    let mut routes = keel::routes::all();
+    if let Some(dir) = std::env::var_os("KEEL_LOCAL_MODEL_DIR") {
+        match keel_local::LocalModel::load(std::path::Path::new(&dir)) {
+            Ok(model) => {
+                keel_local::install(model);
+                routes.extend(keel_local::routes());
+                eprintln!("serving {} on /v1/embeddings", keel_local::MODEL_NAME);
+            }
+            Err(error) => {
+                eprintln!("KEEL_LOCAL_MODEL_DIR: cannot load the local model: {error:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    keel::runtime::serve_blocking(keel::http::Router::all(routes))
 }
 
 fn run_migrate(dir: Option<PathBuf>) -> ExitCode {

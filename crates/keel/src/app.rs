@@ -1,17 +1,24 @@
 //! The state built once per cold start and shared by every warm invocation:
-//! configuration, the one HTTP client (TLS set up once) and the database handle.
+//! configuration, the one HTTP client (TLS set up once), the database handle,
+//! the embeddings client, the query-vector LRU and (on first use) the chunker.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context as _;
 
 use crate::config::Config;
 use crate::db::Db;
+use crate::embeddings::Embedder;
+use crate::ingest::Chunker;
+use crate::search::QueryCache;
 
 pub struct App {
     pub config: Config,
     pub http: reqwest::Client,
     pub db: Db,
+    pub embedder: Option<Embedder>,
+    pub query_cache: QueryCache,
+    chunker: OnceLock<Chunker>,
 }
 
 impl App {
@@ -26,7 +33,22 @@ impl App {
             .context("building the HTTP client")?;
         let db =
             Db::from_config(&config, &http, tls).context("setting up the database transport")?;
-        Ok(Arc::new(Self { config, http, db }))
+        let embedder = Embedder::from_config(&config, &http);
+        let query_cache = QueryCache::new(config.search.lru_size);
+        Ok(Arc::new(Self {
+            config,
+            http,
+            db,
+            embedder,
+            query_cache,
+            chunker: OnceLock::new(),
+        }))
+    }
+
+    /// The chunker, built by the first request that needs it.
+    pub fn chunker(&self) -> &Chunker {
+        self.chunker
+            .get_or_init(|| Chunker::new(&self.config.ingest))
     }
 }
 

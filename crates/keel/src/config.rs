@@ -65,6 +65,37 @@ pub struct EmbeddingsProviderConfig {
     pub api_key: Option<SecretString>,
 }
 
+/// The embedding model and how hard to try.
+#[derive(Debug, Clone)]
+pub struct EmbeddingSettings {
+    pub model: String,
+    pub dimensions: u32,
+    /// Retries of one provider request (429, 5xx, timeouts).
+    pub max_retries: u32,
+    pub request_timeout: Duration,
+    /// Chunks claimed and sent per provider request (≤ 2,048, OpenAI's limit).
+    pub batch_size: u32,
+    /// Attempts of one chunk's job before it is marked failed.
+    pub max_attempts: u32,
+    pub lease: Duration,
+    pub retry_base: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestLimits {
+    pub max_documents: usize,
+    pub max_document_bytes: usize,
+    pub chunk_tokens: usize,
+    pub chunk_overlap: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchSettings {
+    pub cache_ttl: Duration,
+    pub lru_size: usize,
+    pub disable_vector: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct SentryConfig {
     pub dsn: SecretString,
@@ -93,6 +124,11 @@ pub struct Config {
     pub slow_request: Duration,
     pub max_body_bytes: usize,
     pub ready_check_timeout: Duration,
+    pub embedding: EmbeddingSettings,
+    pub ingest: IngestLimits,
+    pub search: SearchSettings,
+    /// How long a cron run may work; below the function's maxDuration.
+    pub cron_time_budget: Duration,
 }
 
 /// One variable that is missing, malformed or inconsistent with another.
@@ -174,6 +210,14 @@ impl Config {
         let max_body_bytes = env.parsed("MAX_BODY_BYTES", 4 * 1024 * 1024usize);
         let ready_check_timeout =
             Duration::from_millis(env.parsed("READY_CHECK_TIMEOUT_MS", 2_000u64));
+        let embedding = env.embedding_settings();
+        let ingest = env.ingest_limits();
+        let search = SearchSettings {
+            cache_ttl: Duration::from_secs(env.parsed("CACHE_TTL_SECONDS", 86_400u64)),
+            lru_size: env.parsed("QUERY_CACHE_SIZE", 1_000usize).max(1),
+            disable_vector: env.flag("DISABLE_VECTOR_SEARCH"),
+        };
+        let cron_time_budget = Duration::from_millis(env.parsed("CRON_TIME_BUDGET_MS", 45_000u64));
 
         if !env.problems.is_empty() {
             return Err(ConfigError {
@@ -199,6 +243,10 @@ impl Config {
             slow_request,
             max_body_bytes,
             ready_check_timeout,
+            embedding,
+            ingest,
+            search,
+            cron_time_budget,
         })
     }
 
@@ -417,6 +465,56 @@ impl<'a> Vars<'a> {
             base_url,
             api_key: api_key.map(SecretString::from),
         })
+    }
+
+    fn embedding_settings(&mut self) -> EmbeddingSettings {
+        let model = self
+            .optional("EMBEDDING_MODEL")
+            .unwrap_or("text-embedding-3-small")
+            .to_owned();
+        let dimensions = self.parsed("EMBEDDING_DIMENSIONS", 1536u32);
+        // pgvector's HNSW indexes `vector` columns up to 2,000 dimensions.
+        if !(1..=2000).contains(&dimensions) {
+            self.problem("EMBEDDING_DIMENSIONS", "must be between 1 and 2000");
+        }
+        let batch_size = self.parsed("EMBEDDING_BATCH_SIZE", 256u32);
+        if !(1..=2048).contains(&batch_size) {
+            self.problem(
+                "EMBEDDING_BATCH_SIZE",
+                "must be between 1 and 2048 (OpenAI's limit)",
+            );
+        }
+        let max_attempts = self.parsed("EMBEDDING_MAX_ATTEMPTS", 5u32);
+        if max_attempts == 0 {
+            self.problem("EMBEDDING_MAX_ATTEMPTS", "must be at least 1");
+        }
+        EmbeddingSettings {
+            model,
+            dimensions,
+            max_retries: self.parsed("EMBEDDING_MAX_RETRIES", 4u32),
+            request_timeout: Duration::from_millis(self.parsed("EMBEDDING_TIMEOUT_MS", 30_000u64)),
+            batch_size: batch_size.clamp(1, 2048),
+            max_attempts: max_attempts.max(1),
+            lease: Duration::from_secs(self.parsed("EMBEDDING_LEASE_SECONDS", 120u64).max(1)),
+            retry_base: Duration::from_secs(self.parsed("EMBEDDING_RETRY_BASE_SECONDS", 30u64)),
+        }
+    }
+
+    fn ingest_limits(&mut self) -> IngestLimits {
+        let limits = IngestLimits {
+            max_documents: self.parsed("MAX_DOCUMENTS_PER_REQUEST", 100usize).max(1),
+            max_document_bytes: self.parsed("MAX_DOCUMENT_BYTES", 1_000_000usize).max(1),
+            chunk_tokens: self.parsed("CHUNK_TOKENS", 400usize),
+            chunk_overlap: self.parsed("CHUNK_OVERLAP_TOKENS", 50usize),
+        };
+        // One chunk plus its title must fit OpenAI's 8,192-token input limit.
+        if !(50..=8000).contains(&limits.chunk_tokens) {
+            self.problem("CHUNK_TOKENS", "must be between 50 and 8000");
+        }
+        if limits.chunk_overlap >= limits.chunk_tokens {
+            self.problem("CHUNK_OVERLAP_TOKENS", "must be smaller than CHUNK_TOKENS");
+        }
+        limits
     }
 
     fn shared_secret(&mut self, name: &'static str, required: bool) -> Option<SecretString> {

@@ -216,6 +216,7 @@ impl ApiError {
     fn from_db_class(error: &DbError) -> Self {
         let message = error.client_message();
         match error.class() {
+            DbErrorClass::Unauthorized => Self::unauthorized(),
             DbErrorClass::Conflict => Self::conflict(message),
             DbErrorClass::NotFound => Self::not_found(message),
             DbErrorClass::InvalidInput => Self::bad_request("invalid_request", message),
@@ -254,6 +255,7 @@ mod tests {
     #[test]
     fn database_errors_map_to_their_http_status() {
         let cases = [
+            ("PT401", 401, "an unknown or revoked key"),
             ("23505", 409, "unique violation is a conflict"),
             ("P0002", 404, "no data found is not found"),
             ("22023", 400, "invalid parameter is a client error"),

@@ -201,6 +201,46 @@ impl ApiRequest {
     }
 }
 
+/// Pagination shared by list routes: `?limit=` (1..=max) and an opaque `?cursor=`.
+pub struct Page {
+    pub limit: u32,
+    pub cursor: Option<String>,
+}
+
+impl ApiRequest {
+    pub fn page(&self, default_limit: u32, max_limit: u32) -> Result<Page, ApiError> {
+        let limit = match self.query_param("limit") {
+            None => default_limit,
+            Some(raw) => match raw.parse::<u32>() {
+                Ok(limit) if (1..=max_limit).contains(&limit) => limit,
+                _ => {
+                    return Err(ApiError::invalid_field(
+                        "limit",
+                        &format!("must be an integer between 1 and {max_limit}"),
+                    ));
+                }
+            },
+        };
+        let cursor = match self.query_param("cursor").filter(|c| !c.is_empty()) {
+            None => None,
+            Some(raw) => Some(
+                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw)
+                    .ok()
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
+                    .ok_or_else(|| {
+                        ApiError::invalid_field("cursor", "is not a cursor returned by this API")
+                    })?,
+            ),
+        };
+        Ok(Page { limit, cursor })
+    }
+}
+
+/// Makes a position opaque for `next_cursor`.
+pub fn encode_cursor(position: &str) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, position)
+}
+
 fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query?.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));

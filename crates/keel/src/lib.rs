@@ -11,16 +11,26 @@
 //! - [`runtime`]: adapters for Vercel, AWS Lambda and a local HTTP server.
 //! - [`routes`]: the table of every route, shared by the binaries and the dev server.
 //! - [`app`]: the state built once per cold start.
+//! - [`auth`]: admin key, cron secret and tenant API keys.
+//! - [`tenants`]: the admin API for tenants and their keys.
+//! - [`ingest`]: documents in, chunks out.
+//! - [`embeddings`]: the OpenAI-compatible client and the background embedding worker.
+//! - [`search`]: hybrid search and the query embedding cache.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod db;
+pub mod embeddings;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod ingest;
 pub mod routes;
 pub mod runtime;
+pub mod search;
 pub mod telemetry;
+pub mod tenants;
 
 pub use app::App;
 pub use error::ApiError;

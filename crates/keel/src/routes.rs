@@ -4,8 +4,9 @@
 
 use http::Method;
 
-use crate::health;
+use crate::embeddings::worker;
 use crate::http::Route;
+use crate::{health, ingest, search, tenants};
 
 pub fn health() -> Route {
     Route::new("/api/health", &[Method::GET], |app, req| {
@@ -26,6 +27,65 @@ pub fn test_error() -> Route {
     })
 }
 
+pub fn tenants() -> Route {
+    Route::new("/api/tenants", &[Method::GET, Method::POST], |app, req| {
+        Box::pin(async move {
+            if req.method == Method::POST {
+                tenants::create(app, req).await
+            } else {
+                tenants::list(app, req).await
+            }
+        })
+    })
+}
+
+pub fn tenant_keys() -> Route {
+    Route::new("/api/tenants/{slug}/keys", &[Method::POST], |app, req| {
+        Box::pin(tenants::issue_key(app, req))
+    })
+}
+
+pub fn documents() -> Route {
+    Route::new("/api/documents", &[Method::GET, Method::PUT], |app, req| {
+        Box::pin(ingest::documents(app, req))
+    })
+}
+
+pub fn document() -> Route {
+    Route::new("/api/documents/{id}", &[Method::DELETE], |app, req| {
+        Box::pin(ingest::delete(app, req))
+    })
+}
+
+pub fn search() -> Route {
+    Route::new("/api/search", &[Method::POST], |app, req| {
+        Box::pin(search::search(app, req))
+    })
+}
+
+pub fn cron_embeddings() -> Route {
+    Route::new("/api/cron/embeddings", &[Method::GET], |app, req| {
+        Box::pin(worker::cron(app, req))
+    })
+}
+
+pub fn generate_embeddings() -> Route {
+    Route::new("/api/embeddings/generate", &[Method::POST], |app, req| {
+        Box::pin(worker::generate(app, req))
+    })
+}
+
 pub fn all() -> Vec<Route> {
-    vec![health(), ready(), test_error()]
+    vec![
+        health(),
+        ready(),
+        test_error(),
+        tenants(),
+        tenant_keys(),
+        documents(),
+        document(),
+        search(),
+        cron_embeddings(),
+        generate_embeddings(),
+    ]
 }

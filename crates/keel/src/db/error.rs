@@ -36,6 +36,8 @@ pub enum DbError {
 /// What a database error means for the client, and so its HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DbErrorClass {
+    /// Keel's functions raise PT401 for a missing, unknown or revoked key.
+    Unauthorized,
     Conflict,
     NotFound,
     InvalidInput,
@@ -88,6 +90,7 @@ impl DbError {
 /// and PostgREST codes (https://postgrest.org/en/stable/references/errors.html).
 fn classify_code(code: &str) -> DbErrorClass {
     match code {
+        "PT401" => DbErrorClass::Unauthorized,
         "23505" | "23503" | "23P01" => DbErrorClass::Conflict,
         "P0002" | "PGRST116" => DbErrorClass::NotFound,
         "P0001" | "PT400" | "23502" | "23514" => DbErrorClass::InvalidInput,

@@ -1,0 +1,359 @@
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    TestApp, error_body, openai_vars, spawn_app_with, spawn_app_with_local_model,
+};
+use crate::support::{FakeOpenAi, Scripted};
+
+/// A restaurant's menu and FAQ, and a clinic's unrelated documents.
+async fn restaurant_and_clinic(app: &TestApp) -> (String, String) {
+    let restaurant = app.create_tenant("joes-diner").await;
+    let clinic = app.create_tenant("city-clinic").await;
+    let menu_and_faq = json!([
+        {"id": "menu-2024", "title": "Dinner menu", "metadata": {"kind": "menu"},
+         "content": "Starters: tomato soup, chicken wings with blue cheese.\n\nMains: ribeye steak with fries, grilled salmon with butter sauce.\n\nDesserts: chocolate cake, cheesecake."},
+        {"id": "faq-diet", "title": "FAQ: dietary needs", "metadata": {"kind": "faq"},
+         "content": "Do you have vegan options? Yes: our chickpea curry, falafel wrap and grilled vegetable platter are fully plant-based and made without any animal products."},
+        {"id": "faq-hours", "title": "FAQ: opening hours", "metadata": {"kind": "faq"},
+         "content": "We are open from noon to 11pm, Tuesday to Sunday. Closed on Mondays."},
+        {"id": "faq-parking", "title": "FAQ: parking", "metadata": {"kind": "faq"},
+         "content": "Free parking is available behind the building after 6pm."}
+    ]);
+    let clinic_docs = json!([
+        {"id": "vaccines", "title": "Vaccination schedule", "content": "Flu shots are given every autumn; book with reception. Vegan patients can ask about gelatin-free vaccines."},
+        {"id": "billing", "title": "Billing", "content": "Invoices are sent monthly. Insurance claims take two weeks."}
+    ]);
+    assert_eq!(
+        app.put_documents(&restaurant, menu_and_faq).await.status(),
+        200
+    );
+    assert_eq!(app.put_documents(&clinic, clinic_docs).await.status(), 200);
+    let report = app.run_embedding_cron().await;
+    assert_eq!(report["remaining"], 0, "{report}");
+    (restaurant, clinic)
+}
+
+async fn results(app: &TestApp, key: &str, body: Value) -> Value {
+    let response = app.search(key, body).await;
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+fn document_ids(body: &Value) -> Vec<String> {
+    body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["document_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn vegan_options_are_answered_by_the_right_chunk_with_the_local_model() {
+    let app = spawn_app_with_local_model(|_| {}).await;
+    let (restaurant, _) = restaurant_and_clinic(&app).await;
+
+    for mode in ["hybrid", "vector", "keyword"] {
+        let body = results(
+            &app,
+            &restaurant,
+            json!({"query": "vegan options", "mode": mode, "top_k": 3}),
+        )
+        .await;
+
+        assert_eq!(body["mode"], mode);
+        assert!(body["took_ms"].is_u64());
+        let top = &body["results"][0];
+        assert_eq!(top["document_id"], "faq-diet", "{mode}: {body}");
+        assert_eq!(top["title"], "FAQ: dietary needs");
+        assert_eq!(top["chunk_index"], 0);
+        assert!(top["content"].as_str().unwrap().contains("chickpea curry"));
+        assert_eq!(top["metadata"], json!({"kind": "faq"}));
+        assert!(top["score"].as_f64().unwrap() > 0.0);
+        assert!(
+            !document_ids(&body).contains(&"vaccines".to_owned()),
+            "{mode}: another tenant's chunk"
+        );
+    }
+
+    // Semantics, not words: no document says "plant-based meals" or "meat-free".
+    let body = results(
+        &app,
+        &restaurant,
+        json!({"query": "meat-free dishes", "mode": "vector", "top_k": 1}),
+    )
+    .await;
+    assert_eq!(document_ids(&body), ["faq-diet"]);
+}
+
+#[tokio::test]
+async fn search_survives_a_flaky_openai_compatible_provider() {
+    let (openai, url) = FakeOpenAi::start().await;
+    let app = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
+    openai.script([
+        Scripted::RateLimited { retry_after_ms: 10 },
+        Scripted::ServerError(500),
+    ]);
+    let (restaurant, _) = restaurant_and_clinic(&app).await;
+    openai.script([Scripted::ServerError(502)]);
+
+    let body = results(&app, &restaurant, json!({"query": "vegan options"})).await;
+
+    assert_eq!(body["mode"], "hybrid");
+    assert!(body.get("degraded").is_none(), "{body}");
+    assert_eq!(body["results"][0]["document_id"], "faq-diet");
+}
+
+#[tokio::test]
+async fn search_never_returns_another_tenants_chunks() {
+    let (_, url) = FakeOpenAi::start().await;
+    let app = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
+    let (restaurant, clinic) = restaurant_and_clinic(&app).await;
+
+    for mode in ["hybrid", "vector", "keyword"] {
+        // The clinic asks about the restaurant's words; it must see only its own.
+        let body = results(
+            &app,
+            &clinic,
+            json!({"query": "vegan chickpea curry parking", "mode": mode, "top_k": 20}),
+        )
+        .await;
+        let ids = document_ids(&body);
+        assert!(
+            ids.iter().all(|id| id == "vaccines" || id == "billing"),
+            "{mode}: {ids:?}"
+        );
+        let body = results(
+            &app,
+            &restaurant,
+            json!({"query": "vaccines insurance invoices", "mode": mode, "top_k": 20}),
+        )
+        .await;
+        assert!(
+            !document_ids(&body)
+                .iter()
+                .any(|id| id == "vaccines" || id == "billing"),
+            "{mode}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn metadata_filters_and_min_score_narrow_the_results() {
+    let (_, url) = FakeOpenAi::start().await;
+    let app = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
+    let (restaurant, _) = restaurant_and_clinic(&app).await;
+
+    let body = results(
+        &app,
+        &restaurant,
+        json!({"query": "salmon", "filter": {"metadata": {"kind": "faq"}}, "top_k": 20}),
+    )
+    .await;
+    assert!(
+        document_ids(&body).iter().all(|id| id.starts_with("faq-")),
+        "{body}"
+    );
+
+    let body = results(
+        &app,
+        &restaurant,
+        json!({"query": "vegan options", "mode": "vector", "min_score": 0.99, "top_k": 20}),
+    )
+    .await;
+    assert!(
+        body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["score"].as_f64().unwrap() >= 0.99)
+    );
+}
+
+#[tokio::test]
+async fn bad_search_requests_name_the_field() {
+    let (_, url) = FakeOpenAi::start().await;
+    let app = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
+    let key = app.create_tenant("shop").await;
+    let cases = [
+        (
+            json!({"query": "x", "top_k": 0}),
+            "`top_k` must be between 1 and 20",
+            "top_k too small",
+        ),
+        (
+            json!({"query": "x", "top_k": 21}),
+            "`top_k` must be between 1 and 20",
+            "top_k too large",
+        ),
+        (
+            json!({"query": "x", "top_k": "5"}),
+            "`top_k`: invalid type: string",
+            "top_k as a string",
+        ),
+        (
+            json!({"query": "  "}),
+            "`query` must be 1 to 2000 characters",
+            "blank query",
+        ),
+        (
+            json!({"query": "x".repeat(2001)}),
+            "`query` must be 1 to 2000 characters",
+            "long query",
+        ),
+        (
+            json!({"query": "x", "mode": "semantic"}),
+            "`mode`: unknown variant `semantic`",
+            "unknown mode",
+        ),
+        (
+            json!({"query": "x", "filter": {"metadata": ["kind"]}}),
+            "`filter.metadata`: invalid type: sequence",
+            "filter not an object",
+        ),
+        (json!({"top_k": 5}), "missing field `query`", "no query"),
+    ];
+    for (body, message, reason) in cases {
+        let response = app.search(&key, body).await;
+        assert_eq!(response.status(), 400, "{reason}");
+        let error = error_body(response).await;
+        assert!(
+            error["message"].as_str().unwrap().contains(message),
+            "{reason}: {error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn disabled_vector_search_degrades_to_keyword_and_says_so() {
+    let (openai, url) = FakeOpenAi::start().await;
+    let app = spawn_app_with(|_, vars| {
+        openai_vars(vars, &url);
+        vars.insert("DISABLE_VECTOR_SEARCH".into(), "true".into());
+    })
+    .await;
+    let key = app.create_tenant("joes").await;
+    app.put_documents(
+        &key,
+        json!([{"id": "faq", "content": "Vegan options: chickpea curry."}]),
+    )
+    .await;
+
+    let body = results(
+        &app,
+        &key,
+        json!({"query": "vegan options", "mode": "vector"}),
+    )
+    .await;
+
+    assert_eq!(body["mode"], "keyword");
+    assert_eq!(body["degraded"], true);
+    assert_eq!(
+        body["degraded_reason"],
+        "vector search is disabled (DISABLE_VECTOR_SEARCH)"
+    );
+    assert_eq!(body["results"][0]["document_id"], "faq");
+    assert!(openai.requests().is_empty(), "no provider call");
+}
+
+#[tokio::test]
+async fn a_failing_provider_degrades_search_to_keyword_instead_of_failing() {
+    let (openai, url) = FakeOpenAi::start().await;
+    let app = spawn_app_with(|_, vars| {
+        openai_vars(vars, &url);
+        vars.insert("EMBEDDING_MAX_RETRIES".into(), "1".into());
+    })
+    .await;
+    let (restaurant, _) = restaurant_and_clinic(&app).await;
+    openai.always(Some(Scripted::ServerError(503)));
+
+    let body = results(&app, &restaurant, json!({"query": "vegan options"})).await;
+
+    assert_eq!(body["mode"], "keyword");
+    assert_eq!(body["degraded"], true);
+    assert_eq!(
+        body["degraded_reason"],
+        "the embeddings provider is unavailable"
+    );
+    assert_eq!(body["results"][0]["document_id"], "faq-diet");
+}
+
+#[tokio::test]
+async fn query_vectors_are_cached_in_the_instance_and_in_the_database() {
+    let (openai, url) = FakeOpenAi::start().await;
+    let app = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
+    let (restaurant, _) = restaurant_and_clinic(&app).await;
+    let calls = openai.requests().len();
+
+    results(&app, &restaurant, json!({"query": "vegan options"})).await;
+    results(&app, &restaurant, json!({"query": "vegan  options "})).await;
+    assert_eq!(
+        openai.requests().len(),
+        calls + 1,
+        "the second search used the LRU"
+    );
+
+    // A cold instance (new process, empty LRU) on the same database hits the shared cache.
+    let cold = crate::helpers::spawn_app_on(
+        crate::helpers::TestDatabase {
+            url: app.db.url.clone(),
+        },
+        {
+            let mut vars = crate::helpers::base_vars(&app.db);
+            openai_vars(&mut vars, &url);
+            vars
+        },
+    )
+    .await;
+    let body = results(&cold, &restaurant, json!({"query": "vegan options"})).await;
+    assert_eq!(body["results"][0]["document_id"], "faq-diet");
+    assert_eq!(
+        openai.requests().len(),
+        calls + 1,
+        "no provider call on a database cache hit"
+    );
+    assert_eq!(app.count("select coalesce(sum(value), 0)::bigint from keel.counters where name = 'query_cache_misses'").await, 1);
+    assert_eq!(app.count("select coalesce(sum(value), 0)::bigint from keel.counters where name = 'query_cache_hits'").await, 2);
+    assert_eq!(app.count("select count(*) from keel.query_cache").await, 1);
+}
+
+#[tokio::test]
+async fn a_small_tenant_among_many_still_gets_top_k_results() {
+    let (_, url) = FakeOpenAi::start().await;
+    let app = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
+    let small = app.create_tenant("small").await;
+    let big = app.create_tenant("big").await;
+    let small_docs: Vec<Value> = (0..8).map(|i| json!({"id": format!("s{i}"), "content": format!("Small shop note number {i} about opening hours.")})).collect();
+    app.put_documents(&small, Value::Array(small_docs)).await;
+    app.put_documents(&big, json!([{"id": "seed", "content": "seed"}]))
+        .await;
+    app.run_embedding_cron().await;
+    // Thousands of the big tenant's vectors crowd the HNSW graph around the query.
+    app.db
+        .connect()
+        .await
+        .batch_execute(
+            "insert into keel.documents (tenant_id, external_id, content_hash)
+               select t.id, 'bulk', 'x' from keel.tenants t where t.slug = 'big';
+             insert into keel.chunks (tenant_id, document_id, chunk_index, content, content_hash, token_count, search_vector)
+               select d.tenant_id, d.id, g, 'opening hours', 'x', 2, to_tsvector('opening hours')
+               from keel.documents d, generate_series(1, 5000) g where d.external_id = 'bulk';
+             insert into keel.embeddings (chunk_id, model, dimensions, tenant_id, embedding)
+               select c.id, 'text-embedding-3-small', 64, c.tenant_id,
+                      (select array_agg(random())::real[] from generate_series(1, 64) where c.id > 0)::extensions.vector
+               from keel.chunks c join keel.documents d on d.id = c.document_id where d.external_id = 'bulk';
+             analyze keel.embeddings;",
+        )
+        .await
+        .unwrap();
+
+    let body = results(
+        &app,
+        &small,
+        json!({"query": "opening hours", "mode": "vector", "top_k": 5}),
+    )
+    .await;
+
+    assert_eq!(body["results"].as_array().unwrap().len(), 5, "{body}");
+    assert!(document_ids(&body).iter().all(|id| id.starts_with('s')));
+}
