@@ -144,6 +144,24 @@ begin
   return v_tenant;
 end $$;
 
+-- The tenant of a call: the HTTP API always passes the caller's key hash,
+-- authenticated here; trusted internal callers (the task worker syncing a
+-- tenant's documents from its webhooks) pass the tenant id itself.
+create or replace function keel.resolve_tenant(args jsonb) returns uuid
+language plpgsql
+stable
+set search_path = keel, pg_catalog
+as $$
+begin
+  if args ? 'key_hash' then
+    return keel.authenticate(args->>'key_hash');
+  end if;
+  if args->>'tenant_id' is null then
+    raise exception 'missing or invalid credentials' using errcode = 'PT401';
+  end if;
+  return (args->>'tenant_id')::uuid;
+end $$;
+
 -- Creates the HNSW index for a model and queues every chunk that lacks its
 -- vector. Cheap when the model is already prepared.
 create or replace function keel.prepare_embedding_model(p_model text, p_dimensions int) returns void
@@ -260,7 +278,7 @@ set search_path = keel, pg_catalog
 as $$
   select coalesce(jsonb_object_agg(d.external_id, d.content_hash), '{}'::jsonb)
   from keel.documents d
-  where d.tenant_id = keel.authenticate(args->>'key_hash')
+  where d.tenant_id = keel.resolve_tenant(args)
     and d.external_id in (select jsonb_array_elements_text(args->'ids'));
 $$;
 
@@ -327,7 +345,7 @@ security definer
 set search_path = keel, pg_catalog
 as $$
 declare
-  v_tenant uuid := keel.authenticate(args->>'key_hash');
+  v_tenant uuid := keel.resolve_tenant(args);
   v_model text := args->>'model';
   v_dimensions int := (args->>'dimensions')::int;
   v_doc jsonb;
@@ -435,7 +453,7 @@ security definer
 set search_path = keel, pg_catalog
 as $$
 declare
-  v_tenant uuid := keel.authenticate(args->>'key_hash');
+  v_tenant uuid := keel.resolve_tenant(args);
   v_chunks int;
 begin
   select count(*) into v_chunks from keel.chunks c join keel.documents d on d.id = c.document_id
@@ -691,6 +709,7 @@ end $$;
 
 select keel.lock_down_api();
 revoke all on function keel.authenticate(text) from public, anon, authenticated;
+revoke all on function keel.resolve_tenant(jsonb) from public, anon, authenticated;
 revoke all on function keel.bump(text, bigint) from public, anon, authenticated;
 revoke all on function keel.prepare_embedding_model(text, int) from public, anon, authenticated;
 revoke all on function keel.replace_chunks(uuid, uuid, text, jsonb, text, int) from public, anon, authenticated;

@@ -196,6 +196,7 @@ pub fn base_vars(db: &TestDatabase) -> HashMap<String, String> {
         ("LOG_LEVEL".to_owned(), "warn".to_owned()),
         ("ADMIN_API_KEY".to_owned(), ADMIN_KEY.to_owned()),
         ("CRON_SECRET".to_owned(), CRON_SECRET.to_owned()),
+        ("ENCRYPTION_KEY".to_owned(), "5e".repeat(32)),
     ])
 }
 
@@ -258,6 +259,66 @@ impl TestApp {
             .unwrap();
         assert_eq!(response.status(), 200, "embedding cron");
         response.json().await.unwrap()
+    }
+
+    /// Runs a cron route as Vercel Cron would and returns its report.
+    pub async fn run_cron(&self, path: &str) -> serde_json::Value {
+        let response = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(CRON_SECRET)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        response.json().await.unwrap()
+    }
+
+    /// Registers a webhook endpoint for the tenant; returns (id, secret).
+    pub async fn create_webhook_endpoint(
+        &self,
+        key: &str,
+        body: serde_json::Value,
+    ) -> (String, String) {
+        let response = self
+            .client
+            .post(self.url("/api/webhooks/endpoints"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "creating a webhook endpoint");
+        let body: serde_json::Value = response.json().await.unwrap();
+        (
+            body["id"].as_str().unwrap().to_owned(),
+            body["secret"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Sends a delivery signed as a Standard Webhooks sender would.
+    pub async fn deliver(
+        &self,
+        endpoint: &str,
+        secret: &str,
+        webhook_id: &str,
+        event: &serde_json::Value,
+    ) -> reqwest::Response {
+        let body = event.to_string();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        self.client
+            .post(self.url(&format!("/api/webhooks/{endpoint}")))
+            .header("content-type", "application/json")
+            .header("webhook-id", webhook_id)
+            .header("webhook-timestamp", now.to_string())
+            .header(
+                "webhook-signature",
+                keel::webhooks::sign(secret, webhook_id, now, body.as_bytes()),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// One number from this app's database.

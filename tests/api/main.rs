@@ -13,4 +13,6 @@ mod ready;
 mod search;
 mod sentry;
 mod support;
+mod tasks;
 mod tenants;
+mod webhooks;

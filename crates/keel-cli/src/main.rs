@@ -6,6 +6,10 @@
 //!   OpenAI-compatible `/v1/embeddings`.
 //! - `keel migrate [DIR]`: applies pending migrations (default `migrations/`)
 //!   to `DATABASE_URL`.
+//! - `keel bench [DATASET_DIR]`: ingest, quality, latency and recall figures
+//!   on this machine (see bench.rs); run through `scripts/bench`.
+
+mod bench;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,8 +21,11 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("serve") => serve(),
         Some("migrate") => run_migrate(args.get(1).map(PathBuf::from)),
+        Some("bench") => run_bench(args.get(1).map(PathBuf::from)),
         _ => {
-            eprintln!("usage: keel serve | keel migrate [MIGRATIONS_DIR]");
+            eprintln!(
+                "usage: keel serve | keel migrate [MIGRATIONS_DIR] | keel bench [DATASET_DIR]"
+            );
             ExitCode::from(2)
         }
     }
@@ -73,6 +80,26 @@ fn run_migrate(dir: Option<PathBuf>) -> ExitCode {
         }
         Err(error) => {
             eprintln!("migrate failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_bench(dataset_dir: Option<PathBuf>) -> ExitCode {
+    keel::config::load_dotenv();
+    let Some(model_dir) = std::env::var_os("KEEL_LOCAL_MODEL_DIR") else {
+        eprintln!("KEEL_LOCAL_MODEL_DIR: required by `keel bench` (scripts/bench sets it)");
+        return ExitCode::FAILURE;
+    };
+    let dataset_dir = dataset_dir.unwrap_or_else(bench::default_dataset_dir);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the runtime builds");
+    match runtime.block_on(bench::run(&dataset_dir, std::path::Path::new(&model_dir))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bench failed: {error:#}");
             ExitCode::FAILURE
         }
     }

@@ -59,6 +59,26 @@ pub fn tenant_key_hash(request: &ApiRequest) -> Result<String, ApiError> {
     }
 }
 
+/// Whose data a database call acts on. HTTP handlers only ever build `Key`
+/// from the caller's credential; `Trusted` carries a tenant id read from the
+/// database itself (a task's owner), never one a client supplied.
+#[derive(Debug, Clone)]
+pub enum TenantRef {
+    Key(String),
+    Trusted(String),
+}
+
+impl TenantRef {
+    /// `args` with the tenant reference the SQL functions resolve.
+    pub fn with(&self, mut args: serde_json::Value) -> serde_json::Value {
+        match self {
+            TenantRef::Key(hash) => args["key_hash"] = hash.clone().into(),
+            TenantRef::Trusted(id) => args["tenant_id"] = id.clone().into(),
+        }
+        args
+    }
+}
+
 /// Admin routes: `Authorization: Bearer $ADMIN_API_KEY`. Without a
 /// configured key, admin routes are closed.
 pub fn require_admin(app: &App, request: &ApiRequest) -> Result<(), ApiError> {

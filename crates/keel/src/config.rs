@@ -118,6 +118,8 @@ pub struct Config {
     pub admin_api_key: Option<SecretString>,
     pub cron_secret: Option<SecretString>,
     pub encryption_key: Option<Arc<SecretBox<[u8; 32]>>>,
+    /// Earlier ENCRYPTION_KEYs, still accepted for decryption after a rotation.
+    pub previous_encryption_keys: Vec<Arc<SecretBox<[u8; 32]>>>,
     pub sentry: Option<SentryConfig>,
     pub cors_origins: Vec<String>,
     pub maintenance_mode: bool,
@@ -129,6 +131,16 @@ pub struct Config {
     pub search: SearchSettings,
     /// How long a cron run may work; below the function's maxDuration.
     pub cron_time_budget: Duration,
+    pub tasks: TaskSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskSettings {
+    pub retry_base: Duration,
+    pub task_retention_days: u32,
+    pub delivery_retention_days: u32,
+    /// Development only: lets reconciliation pull from loopback/private hosts.
+    pub allow_private_pull_urls: bool,
 }
 
 /// One variable that is missing, malformed or inconsistent with another.
@@ -203,6 +215,7 @@ impl Config {
         let admin_api_key = env.shared_secret("ADMIN_API_KEY", production);
         let cron_secret = env.shared_secret("CRON_SECRET", production);
         let encryption_key = env.encryption_key(production);
+        let previous_encryption_keys = env.previous_encryption_keys();
         let sentry = env.sentry();
         let cors_origins = env.cors_origins(production);
         let maintenance_mode = env.flag("MAINTENANCE_MODE");
@@ -218,6 +231,18 @@ impl Config {
             disable_vector: env.flag("DISABLE_VECTOR_SEARCH"),
         };
         let cron_time_budget = Duration::from_millis(env.parsed("CRON_TIME_BUDGET_MS", 45_000u64));
+        let tasks = TaskSettings {
+            retry_base: Duration::from_secs(env.parsed("TASK_RETRY_BASE_SECONDS", 30u64)),
+            task_retention_days: env.parsed("TASK_RETENTION_DAYS", 7u32).max(1),
+            delivery_retention_days: env.parsed("WEBHOOK_DELIVERY_RETENTION_DAYS", 30u32).max(1),
+            allow_private_pull_urls: env.flag("ALLOW_PRIVATE_PULL_URLS"),
+        };
+        if tasks.allow_private_pull_urls && production {
+            env.problem(
+                "ALLOW_PRIVATE_PULL_URLS",
+                "must not be set in production (it would let pull URLs reach internal hosts)",
+            );
+        }
 
         if !env.problems.is_empty() {
             return Err(ConfigError {
@@ -237,6 +262,7 @@ impl Config {
             admin_api_key,
             cron_secret,
             encryption_key,
+            previous_encryption_keys,
             sentry,
             cors_origins,
             maintenance_mode,
@@ -247,6 +273,7 @@ impl Config {
             ingest,
             search,
             cron_time_budget,
+            tasks,
         })
     }
 
@@ -543,6 +570,21 @@ impl<'a> Vars<'a> {
             }
             return None;
         };
+        self.aes_key(name, raw)
+    }
+
+    fn previous_encryption_keys(&mut self) -> Vec<Arc<SecretBox<[u8; 32]>>> {
+        let Some(raw) = self.optional("ENCRYPTION_KEYS_PREVIOUS") else {
+            return Vec::new();
+        };
+        raw.split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .filter_map(|k| self.aes_key("ENCRYPTION_KEYS_PREVIOUS", k))
+            .collect()
+    }
+
+    fn aes_key(&mut self, name: &'static str, raw: &str) -> Option<Arc<SecretBox<[u8; 32]>>> {
         let decoded =
             decode_hex(raw).or_else(|| base64::engine::general_purpose::STANDARD.decode(raw).ok());
         match decoded.map(<[u8; 32]>::try_from) {

@@ -79,6 +79,12 @@ impl ApiError {
         )
     }
 
+    /// A refused credential with a specific reason the caller may act on
+    /// (`invalid_signature`, `stale_timestamp`), where revealing it is safe.
+    pub fn unauthorized_because(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+
     pub fn not_found(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }

@@ -21,7 +21,7 @@ use text_splitter::{ChunkConfig, TextSplitter};
 use tiktoken_rs::CoreBPE;
 
 use crate::app::App;
-use crate::auth;
+use crate::auth::{self, TenantRef};
 use crate::config::IngestLimits;
 use crate::embeddings::EmbeddingModel;
 use crate::error::ApiError;
@@ -88,15 +88,16 @@ fn sha256_hex(text: &str) -> String {
         .collect()
 }
 
+/// The body of `PUT /api/documents`, and of a `document.upserted` webhook's `data`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UpsertRequest {
-    documents: Vec<DocumentInput>,
+pub struct UpsertRequest {
+    pub documents: Vec<DocumentInput>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DocumentInput {
+pub struct DocumentInput {
     id: String,
     #[serde(default)]
     title: String,
@@ -115,7 +116,7 @@ impl DocumentInput {
 }
 
 /// Checks every document, naming the first bad field as `documents[i].field`.
-fn validate(documents: &[DocumentInput], limits: &IngestLimits) -> Result<(), ApiError> {
+pub fn validate(documents: &[DocumentInput], limits: &IngestLimits) -> Result<(), ApiError> {
     if documents.is_empty() || documents.len() > limits.max_documents {
         return Err(ApiError::invalid_field(
             "documents",
@@ -198,38 +199,46 @@ fn validate(documents: &[DocumentInput], limits: &IngestLimits) -> Result<(), Ap
     Ok(())
 }
 
+/// What an upsert did.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UpsertCounts {
+    pub created: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub chunks_pending: u64,
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum UpsertOutcome {
-    Done {
-        created: u64,
-        updated: u64,
-        unchanged: u64,
-        chunks_pending: u64,
-    },
-    NeedsChunks {
-        needs_chunks: Vec<String>,
-    },
+    Done(UpsertCounts),
+    NeedsChunks { needs_chunks: Vec<String> },
 }
 
 /// `PUT /api/documents`.
 pub async fn upsert(app: Arc<App>, request: ApiRequest) -> HandlerResult {
-    let key_hash = auth::tenant_key_hash(&request)?;
+    let tenant = TenantRef::Key(auth::tenant_key_hash(&request)?);
     let body: UpsertRequest = request.json()?;
     validate(&body.documents, &app.config.ingest)?;
-    let documents = Arc::new(body.documents);
-    let model = EmbeddingModel::configured(&app.config);
+    let counts = upsert_documents(&app, &tenant, body.documents).await?;
+    Ok(json_response(StatusCode::OK, &json!(counts)))
+}
 
+/// Upserts validated documents for a tenant: only new or changed documents
+/// are chunked, and the database writes the whole batch in one transaction.
+pub async fn upsert_documents(
+    app: &Arc<App>,
+    tenant: &TenantRef,
+    documents: Vec<DocumentInput>,
+) -> Result<UpsertCounts, ApiError> {
+    let documents = Arc::new(documents);
+    let model = EmbeddingModel::configured(&app.config);
     let ids: Vec<&str> = documents.iter().map(|d| d.id.as_str()).collect();
     let stored: HashMap<String, String> = app
         .db
-        .call(
-            "keel_document_hashes",
-            &json!({"key_hash": key_hash, "ids": ids}),
-        )
+        .call("keel_document_hashes", &tenant.with(json!({"ids": ids})))
         .await?;
     let hashes: Vec<String> = documents.iter().map(DocumentInput::content_hash).collect();
-    // Only new or changed documents are chunked.
     let mut to_chunk: HashSet<String> = documents
         .iter()
         .zip(&hashes)
@@ -240,7 +249,7 @@ pub async fn upsert(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     // A concurrent writer may change a document between the two calls; the
     // database then asks for its chunks and nothing is written meanwhile.
     for _ in 0..3 {
-        let chunks = chunk_documents(&app, &documents, &to_chunk).await?;
+        let chunks = chunk_documents(app, &documents, &to_chunk).await?;
         let payload: Vec<Value> = documents
             .iter()
             .zip(&hashes)
@@ -255,35 +264,13 @@ pub async fn upsert(app: Arc<App>, request: ApiRequest) -> HandlerResult {
                 })
             })
             .collect();
-        let outcome: UpsertOutcome = app
-            .db
-            .call(
-                "keel_upsert_documents",
-                &json!({
-                    "key_hash": key_hash,
-                    "model": model.name,
-                    "dimensions": model.dimensions,
-                    "documents": payload,
-                }),
-            )
-            .await?;
-        match outcome {
-            UpsertOutcome::Done {
-                created,
-                updated,
-                unchanged,
-                chunks_pending,
-            } => {
-                return Ok(json_response(
-                    StatusCode::OK,
-                    &json!({
-                        "created": created,
-                        "updated": updated,
-                        "unchanged": unchanged,
-                        "chunks_pending": chunks_pending,
-                    }),
-                ));
-            }
+        let args = tenant.with(json!({
+            "model": model.name,
+            "dimensions": model.dimensions,
+            "documents": payload,
+        }));
+        match app.db.call("keel_upsert_documents", &args).await? {
+            UpsertOutcome::Done(counts) => return Ok(counts),
             UpsertOutcome::NeedsChunks { needs_chunks } => to_chunk.extend(needs_chunks),
         }
     }
@@ -360,16 +347,17 @@ pub async fn documents(app: Arc<App>, request: ApiRequest) -> HandlerResult {
 
 /// `DELETE /api/documents/{id}`: the document, its chunks and their vectors.
 pub async fn delete(app: Arc<App>, request: ApiRequest) -> HandlerResult {
-    let key_hash = auth::tenant_key_hash(&request)?;
-    let id = request.param("id");
-    let deleted: Value = app
-        .db
-        .call(
-            "keel_delete_document",
-            &json!({"key_hash": key_hash, "id": id}),
-        )
-        .await?;
+    let tenant = TenantRef::Key(auth::tenant_key_hash(&request)?);
+    let deleted = delete_document(&app, &tenant, request.param("id")).await?;
     Ok(json_response(StatusCode::OK, &deleted))
+}
+
+/// Deletes one document of a tenant; 404 (`P0002`) when it does not exist.
+pub async fn delete_document(app: &App, tenant: &TenantRef, id: &str) -> Result<Value, ApiError> {
+    Ok(app
+        .db
+        .call("keel_delete_document", &tenant.with(json!({"id": id})))
+        .await?)
 }
 
 #[cfg(test)]

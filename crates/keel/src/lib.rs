@@ -16,6 +16,8 @@
 //! - [`ingest`]: documents in, chunks out.
 //! - [`embeddings`]: the OpenAI-compatible client and the background embedding worker.
 //! - [`search`]: hybrid search and the query embedding cache.
+//! - [`tasks`]: the durable task queue and its cron functions.
+//! - [`webhooks`]: signed webhook intake, processing and reconciliation.
 
 pub mod app;
 pub mod auth;
@@ -29,8 +31,10 @@ pub mod ingest;
 pub mod routes;
 pub mod runtime;
 pub mod search;
+pub mod tasks;
 pub mod telemetry;
 pub mod tenants;
+pub mod webhooks;
 
 pub use app::App;
 pub use error::ApiError;

@@ -6,7 +6,7 @@ use http::Method;
 
 use crate::embeddings::worker;
 use crate::http::Route;
-use crate::{health, ingest, search, tenants};
+use crate::{health, ingest, search, tasks, tenants, webhooks};
 
 pub fn health() -> Route {
     Route::new("/api/health", &[Method::GET], |app, req| {
@@ -75,6 +75,43 @@ pub fn generate_embeddings() -> Route {
     })
 }
 
+pub fn tasks() -> Route {
+    Route::new("/api/tasks", &[Method::GET], |app, req| {
+        Box::pin(tasks::list(app, req))
+    })
+}
+
+pub fn cron_tasks() -> Route {
+    Route::new("/api/cron/tasks", &[Method::GET], |app, req| {
+        Box::pin(tasks::cron(app, req))
+    })
+}
+
+pub fn cron_maintenance() -> Route {
+    Route::new("/api/cron/maintenance", &[Method::GET], |app, req| {
+        Box::pin(tasks::maintenance(app, req))
+    })
+}
+
+pub fn webhook_endpoints() -> Route {
+    Route::new("/api/webhooks/endpoints", &[Method::POST], |app, req| {
+        Box::pin(webhooks::create_endpoint(app, req))
+    })
+}
+
+pub fn webhook_deliveries() -> Route {
+    Route::new("/api/webhooks/deliveries", &[Method::GET], |app, req| {
+        Box::pin(webhooks::list_deliveries(app, req))
+    })
+}
+
+/// Matched after the fixed `/api/webhooks/*` paths above.
+pub fn webhook_intake() -> Route {
+    Route::new("/api/webhooks/{id}", &[Method::POST], |app, req| {
+        Box::pin(webhooks::receive(app, req))
+    })
+}
+
 pub fn all() -> Vec<Route> {
     vec![
         health(),
@@ -87,5 +124,11 @@ pub fn all() -> Vec<Route> {
         search(),
         cron_embeddings(),
         generate_embeddings(),
+        tasks(),
+        cron_tasks(),
+        cron_maintenance(),
+        webhook_endpoints(),
+        webhook_deliveries(),
+        webhook_intake(),
     ]
 }

@@ -1,0 +1,306 @@
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{CRON_SECRET, TestApp, spawn_app, spawn_app_with};
+
+async fn enqueue(app: &TestApp, args: Value) -> Value {
+    app.db
+        .connect()
+        .await
+        .query_one("select public.keel_enqueue_task($1)", &[&args])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn task_row(app: &TestApp, id: i64) -> (String, i32, Option<String>) {
+    let row = app
+        .db
+        .connect()
+        .await
+        .query_one(
+            "select status, attempts, last_error from keel.tasks where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// A delivery whose processing task is queued, through the real intake.
+async fn queued_delivery(app: &TestApp, key: &str, n: usize) {
+    let (endpoint, secret) = app
+        .create_webhook_endpoint(key, json!({"source": "cms"}))
+        .await;
+    for i in 0..n {
+        let event = json!({"type": "document.upserted", "data": {"id": format!("doc-{i}"), "content": format!("Item {i}")}});
+        assert_eq!(
+            app.deliver(&endpoint, &secret, &format!("evt_{i}"), &event)
+                .await
+                .status(),
+            200
+        );
+    }
+}
+
+#[tokio::test]
+async fn enqueueing_the_same_work_twice_yields_one_task() {
+    let app = spawn_app().await;
+
+    let first = enqueue(
+        &app,
+        json!({"kind": "report.send", "idempotency_key": "2026-11-21"}),
+    )
+    .await;
+    let second = enqueue(
+        &app,
+        json!({"kind": "report.send", "idempotency_key": "2026-11-21"}),
+    )
+    .await;
+    let other = enqueue(
+        &app,
+        json!({"kind": "report.send", "idempotency_key": "2026-11-22"}),
+    )
+    .await;
+
+    assert_eq!(first["created"], true);
+    assert_eq!(second["created"], false);
+    assert_eq!(second["id"], first["id"]);
+    assert_ne!(other["id"], first["id"]);
+    assert_eq!(app.count("select count(*) from keel.tasks").await, 2);
+}
+
+#[tokio::test]
+async fn an_empty_queue_is_a_cheap_no_op() {
+    let app = spawn_app().await;
+
+    let report = app.run_cron("/api/cron/tasks").await;
+
+    assert_eq!(
+        report,
+        json!({"ran": 0, "succeeded": 0, "failed": 0, "dead": 0, "remaining": 0})
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_kind_is_dead_lettered_at_once_with_the_reason() {
+    let app = spawn_app().await;
+    let task = enqueue(&app, json!({"kind": "does.not.exist", "max_attempts": 5})).await;
+
+    let report = app.run_cron("/api/cron/tasks").await;
+    let again = app.run_cron("/api/cron/tasks").await;
+
+    assert_eq!(report["dead"], 1);
+    assert_eq!(again["ran"], 0, "not retried");
+    let (status, attempts, error) = task_row(&app, task["id"].as_i64().unwrap()).await;
+    assert_eq!((status.as_str(), attempts), ("dead", 1));
+    assert_eq!(
+        error.unwrap(),
+        "no handler is registered for task kind `does.not.exist`"
+    );
+}
+
+#[tokio::test]
+async fn a_poison_task_ends_dead_after_max_attempts_with_its_error_visible() {
+    let app = spawn_app_with(|_, vars| {
+        vars.insert("ALLOW_PRIVATE_PULL_URLS".into(), "true".into());
+        vars.insert("TASK_RETRY_BASE_SECONDS".into(), "0".into());
+    })
+    .await;
+    let key = app.create_tenant("shop").await;
+    // A pull URL nobody listens on: every attempt fails the same way.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (endpoint, _) = app
+        .create_webhook_endpoint(
+            &key,
+            json!({"source": "cms", "pull_url": format!("http://{closed}/events")}),
+        )
+        .await;
+    let tenant_id: String = app
+        .db
+        .connect()
+        .await
+        .query_one("select tenant_id::text from keel.webhook_endpoints", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let task = enqueue(&app, json!({"tenant_id": tenant_id, "kind": "webhook.reconcile", "payload": {"endpoint_id": endpoint}, "max_attempts": 3})).await;
+
+    for _ in 0..3 {
+        app.run_cron("/api/cron/tasks").await;
+    }
+
+    let (status, attempts, error) = task_row(&app, task["id"].as_i64().unwrap()).await;
+    assert_eq!((status.as_str(), attempts), ("dead", 3));
+    assert!(error.unwrap().contains("pulling 127.0.0.1"));
+    let listed: Value = app
+        .client
+        .get(app.url("/api/tasks?status=dead"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["tasks"][0]["kind"], "webhook.reconcile");
+    assert_eq!(listed["tasks"][0]["attempts"], 3);
+    assert!(
+        listed["tasks"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("pulling")
+    );
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_task_is_retried_exactly_once_more() {
+    let app = spawn_app().await;
+    let key = app.create_tenant("shop").await;
+    queued_delivery(&app, &key, 1).await;
+    // A worker claims the task, then its function is killed.
+    let claim: Value = app
+        .db
+        .connect()
+        .await
+        .query_one(
+            "select public.keel_claim_tasks($1)",
+            &[&json!({"limit": 10, "lease_seconds": 1})],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let id = claim["tasks"][0]["id"].as_i64().unwrap();
+
+    assert_eq!(
+        app.run_cron("/api/cron/tasks").await["ran"],
+        0,
+        "leased: left alone"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let report = app.run_cron("/api/cron/tasks").await;
+    let later = app.run_cron("/api/cron/tasks").await;
+
+    assert_eq!(report["succeeded"], 1);
+    assert_eq!(later["ran"], 0);
+    let (status, attempts, _) = task_row(&app, id).await;
+    assert_eq!(
+        (status.as_str(), attempts),
+        ("succeeded", 2),
+        "one attempt died, one more ran"
+    );
+    assert_eq!(app.count("select count(*) from keel.documents").await, 1);
+}
+
+#[tokio::test]
+async fn overlapping_cron_runs_never_run_a_task_twice() {
+    let app = spawn_app().await;
+    let key = app.create_tenant("shop").await;
+    queued_delivery(&app, &key, 30).await;
+
+    let reports = futures::future::join_all((0..3).map(|_| app.run_cron("/api/cron/tasks"))).await;
+
+    let ran: i64 = reports.iter().map(|r| r["ran"].as_i64().unwrap()).sum();
+    assert_eq!(ran, 30);
+    assert_eq!(
+        app.count("select count(*) from keel.tasks where status = 'succeeded' and attempts = 1")
+            .await,
+        30
+    );
+    assert_eq!(app.count("select count(*) from keel.documents").await, 30);
+}
+
+#[tokio::test]
+async fn maintenance_expires_prunes_and_releases_and_says_what_it_did() {
+    let app = spawn_app().await;
+    app.db
+        .connect()
+        .await
+        .batch_execute(
+            "insert into keel.query_cache (model, dimensions, query_hash, embedding, expires_at)
+               values ('m', 3, 'old', '[1,0,0]', now() - interval '1 minute'),
+                      ('m', 3, 'fresh', '[0,1,0]', now() + interval '1 hour');
+             insert into keel.tasks (kind, status, finished_at) values ('x', 'succeeded', now() - interval '30 days');
+             insert into keel.tasks (kind, status, finished_at) values ('x', 'succeeded', now());
+             insert into keel.tasks (kind, status, attempts, lease_until, lease_token)
+               values ('x', 'running', 1, now() - interval '1 minute', gen_random_uuid());",
+        )
+        .await
+        .unwrap();
+
+    let report = app.run_cron("/api/cron/maintenance").await;
+
+    assert_eq!(report["query_cache_expired"], 1);
+    assert_eq!(report["tasks_pruned"], 1);
+    assert_eq!(report["task_leases_released"], 1);
+    assert_eq!(app.count("select count(*) from keel.query_cache").await, 1);
+    assert_eq!(app.count("select count(*) from keel.tasks where status = 'failed' and last_error like 'lease expired%'").await, 1);
+}
+
+#[tokio::test]
+async fn cron_routes_need_the_cron_secret() {
+    let app = spawn_app().await;
+    for path in [
+        "/api/cron/tasks",
+        "/api/cron/maintenance",
+        "/api/cron/embeddings",
+    ] {
+        assert_eq!(
+            app.client.get(app.url(path)).send().await.unwrap().status(),
+            401,
+            "{path}"
+        );
+        let wrong = app
+            .client
+            .get(app.url(path))
+            .bearer_auth(format!("{CRON_SECRET}x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn tenants_see_only_their_own_tasks() {
+    let app = spawn_app().await;
+    let shop = app.create_tenant("shop").await;
+    let clinic = app.create_tenant("clinic").await;
+    queued_delivery(&app, &shop, 2).await;
+
+    let theirs: Value = app
+        .client
+        .get(app.url("/api/tasks"))
+        .bearer_auth(&clinic)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mine: Value = app
+        .client
+        .get(app.url("/api/tasks?status=queued&kind=webhook.process"))
+        .bearer_auth(&shop)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bad = app
+        .client
+        .get(app.url("/api/tasks?status=done"))
+        .bearer_auth(&shop)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(theirs["tasks"], json!([]));
+    assert_eq!(mine["tasks"].as_array().unwrap().len(), 2);
+    assert_eq!(bad.status(), 400);
+}

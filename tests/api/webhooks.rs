@@ -1,0 +1,497 @@
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, error_body, spawn_app, spawn_app_with};
+use crate::support::{json_reply, serve_http};
+
+fn upserted(id: &str, content: &str) -> Value {
+    json!({"type": "document.upserted", "timestamp": "2026-11-21T10:00:00Z",
+           "data": {"documents": [{"id": id, "title": "Menu", "content": content}]}})
+}
+
+async fn tenant_with_endpoint(app: &TestApp) -> (String, String, String) {
+    let key = app.create_tenant("shop").await;
+    let (endpoint, secret) = app
+        .create_webhook_endpoint(&key, json!({"source": "shopify"}))
+        .await;
+    (key, endpoint, secret)
+}
+
+#[tokio::test]
+async fn an_endpoint_shows_its_secret_once_and_stores_it_encrypted() {
+    let app = spawn_app().await;
+    let key = app.create_tenant("shop").await;
+
+    let response = app
+        .client
+        .post(app.url("/api/webhooks/endpoints"))
+        .bearer_auth(&key)
+        .json(&json!({"source": "vapi"}))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    let id = body["id"].as_str().unwrap();
+    let secret = body["secret"].as_str().unwrap();
+    assert_eq!(body["url"], format!("/api/webhooks/{id}"));
+    assert!(secret.starts_with("whsec_") && secret.len() > 30);
+    let stored = app.db.connect().await;
+    let row = stored
+        .query_one(
+            "select secret_ciphertext, key_id, source from keel.webhook_endpoints",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ciphertext: String = row.get(0);
+    assert!(!ciphertext.contains(&secret[6..]), "stored encrypted");
+    assert_eq!(row.get::<_, String>(1).len(), 8, "with the key's id");
+    assert_eq!(row.get::<_, String>(2), "vapi");
+    let unauthenticated = app
+        .client
+        .post(app.url("/api/webhooks/endpoints"))
+        .json(&json!({"source": "vapi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+    let bad = app
+        .client
+        .post(app.url("/api/webhooks/endpoints"))
+        .bearer_auth(&key)
+        .json(&json!({"source": "Vapi!"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(
+        error_body(bad).await["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("`source`")
+    );
+}
+
+#[tokio::test]
+async fn a_signed_delivery_is_stored_before_the_200_then_synced_through_the_queue() {
+    let app = spawn_app().await;
+    let (key, endpoint, secret) = tenant_with_endpoint(&app).await;
+
+    let response = app
+        .deliver(
+            &endpoint,
+            &secret,
+            "msg_1",
+            &upserted("menu", "Vegan chili every Friday."),
+        )
+        .await;
+
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"received": true, "duplicate": false})
+    );
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries where status = 'queued'")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.count(
+            "select count(*) from keel.tasks where kind = 'webhook.process' and status = 'queued'"
+        )
+        .await,
+        1
+    );
+
+    let report = app.run_cron("/api/cron/tasks").await;
+
+    assert_eq!(
+        report,
+        json!({"ran": 1, "succeeded": 1, "failed": 0, "dead": 0, "remaining": 0})
+    );
+    let documents: Value = app
+        .client
+        .get(app.url("/api/documents"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(documents["documents"][0]["id"], "menu");
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries where status = 'processed'")
+            .await,
+        1
+    );
+
+    // A later event deletes it.
+    app.deliver(
+        &endpoint,
+        &secret,
+        "msg_2",
+        &json!({"type": "document.deleted", "data": {"id": "menu"}}),
+    )
+    .await;
+    app.run_cron("/api/cron/tasks").await;
+    assert_eq!(app.count("select count(*) from keel.documents").await, 0);
+}
+
+#[tokio::test]
+async fn a_redelivery_is_a_duplicate_and_enqueues_nothing() {
+    let app = spawn_app().await;
+    let (_, endpoint, secret) = tenant_with_endpoint(&app).await;
+    let event = upserted("menu", "Soup of the day.");
+    app.deliver(&endpoint, &secret, "msg_1", &event).await;
+
+    let again = app.deliver(&endpoint, &secret, "msg_1", &event).await;
+
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.json::<Value>().await.unwrap()["duplicate"], true);
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries")
+            .await,
+        1
+    );
+    assert_eq!(app.count("select count(*) from keel.tasks").await, 1);
+}
+
+#[tokio::test]
+async fn forged_stale_and_malformed_deliveries_are_refused_and_store_nothing() {
+    let app = spawn_app().await;
+    let (_, endpoint, secret) = tenant_with_endpoint(&app).await;
+    let body = upserted("menu", "x").to_string();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let sign =
+        |id: &str, ts: i64, body: &str| keel::webhooks::sign(&secret, id, ts, body.as_bytes());
+    let other_secret = "whsec_c29tZW9uZS1lbHNlcy1zZWNyZXQtMTIzNDU2";
+    // (headers, body, status, code, reason)
+    type Case<'a> = (Vec<(&'a str, String)>, String, u16, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec![
+                ("webhook-id", "m".into()),
+                ("webhook-timestamp", now.to_string()),
+                (
+                    "webhook-signature",
+                    keel::webhooks::sign(other_secret, "m", now, body.as_bytes()),
+                ),
+            ],
+            body.clone(),
+            401,
+            "invalid_signature",
+            "signed with another secret",
+        ),
+        (
+            vec![
+                ("webhook-id", "m".into()),
+                ("webhook-timestamp", now.to_string()),
+                ("webhook-signature", sign("m", now, &body)),
+            ],
+            body.replace("menu", "mennu"),
+            401,
+            "invalid_signature",
+            "body tampered in transit",
+        ),
+        (
+            vec![
+                ("webhook-id", "m".into()),
+                ("webhook-timestamp", (now - 600).to_string()),
+                ("webhook-signature", sign("m", now - 600, &body)),
+            ],
+            body.clone(),
+            401,
+            "stale_timestamp",
+            "a replay ten minutes later",
+        ),
+        (
+            vec![
+                ("webhook-timestamp", now.to_string()),
+                ("webhook-signature", sign("m", now, &body)),
+            ],
+            body.clone(),
+            400,
+            "missing_header",
+            "no webhook-id",
+        ),
+        (
+            vec![
+                ("webhook-id", "m".into()),
+                ("webhook-signature", sign("m", now, &body)),
+            ],
+            body.clone(),
+            400,
+            "missing_header",
+            "no webhook-timestamp",
+        ),
+        (
+            vec![
+                ("webhook-id", "m".into()),
+                ("webhook-timestamp", "soon".into()),
+                ("webhook-signature", sign("m", now, &body)),
+            ],
+            body.clone(),
+            400,
+            "invalid_header",
+            "timestamp not a number",
+        ),
+        (
+            vec![
+                ("webhook-id", "m".into()),
+                ("webhook-timestamp", now.to_string()),
+                ("webhook-signature", sign("m", now, "not json")),
+            ],
+            "not json".into(),
+            400,
+            "invalid_payload",
+            "authentic but not JSON",
+        ),
+        (
+            vec![
+                ("webhook-id", "m".into()),
+                ("webhook-timestamp", now.to_string()),
+                ("webhook-signature", sign("m", now, "{}")),
+            ],
+            "{}".into(),
+            400,
+            "invalid_payload",
+            "no event type",
+        ),
+    ];
+    for (headers, body, status, code, reason) in cases {
+        let mut request = app
+            .client
+            .post(app.url(&format!("/api/webhooks/{endpoint}")))
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{reason}");
+        assert_eq!(error_body(response).await["code"], code, "{reason}");
+    }
+    let unknown = app
+        .deliver(
+            "00000000-0000-0000-0000-000000000000",
+            &secret,
+            "m",
+            &upserted("a", "b"),
+        )
+        .await;
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(
+        app.deliver("not-a-uuid", &secret, "m", &upserted("a", "b"))
+            .await
+            .status(),
+        404
+    );
+
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries")
+            .await,
+        0
+    );
+    assert_eq!(app.count("select count(*) from keel.tasks").await, 0);
+    assert_eq!(app.count("select coalesce(sum(value), 0)::bigint from keel.counters where name = 'webhooks_rejected'").await, 8);
+}
+
+#[tokio::test]
+async fn other_events_are_stored_and_listed_for_integrations() {
+    let app = spawn_app().await;
+    let (key, endpoint, secret) = tenant_with_endpoint(&app).await;
+    for i in 0..3 {
+        app.deliver(
+            &endpoint,
+            &secret,
+            &format!("call_{i}"),
+            &json!({"type": "call.ended", "data": {"call": i}}),
+        )
+        .await;
+    }
+    app.run_cron("/api/cron/tasks").await;
+
+    let first: Value = app
+        .client
+        .get(app.url("/api/webhooks/deliveries?limit=2"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second: Value = app
+        .client
+        .get(app.url(&format!("/api/webhooks/deliveries?limit=2&cursor={cursor}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    let deliveries: Vec<&Value> = first["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["deliveries"].as_array().unwrap())
+        .collect();
+    assert_eq!(deliveries.len(), 3);
+    assert_eq!(second["next_cursor"], Value::Null);
+    for (i, delivery) in deliveries.iter().enumerate() {
+        assert_eq!(delivery["webhook_id"], format!("call_{i}"));
+        assert_eq!(delivery["endpoint_id"], endpoint);
+        assert_eq!(delivery["event_type"], "call.ended");
+        assert_eq!(delivery["status"], "stored");
+        assert_eq!(delivery["payload"]["data"]["call"], i);
+        assert!(delivery["received_at"].is_string());
+    }
+    // Another tenant sees none of them.
+    let other = app.create_tenant("other").await;
+    let theirs: Value = app
+        .client
+        .get(app.url("/api/webhooks/deliveries"))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(theirs["deliveries"], json!([]));
+}
+
+#[tokio::test]
+async fn five_hundred_concurrent_deliveries_are_all_stored_exactly_once() {
+    let app = spawn_app_with(|_, vars| {
+        vars.insert("DB_POOL_SIZE".into(), "16".into());
+    })
+    .await;
+    let (_, endpoint, secret) = tenant_with_endpoint(&app).await;
+    // 500 distinct events, a fifth of them redelivered at the same moment.
+    let sends = (0..600).map(|i| {
+        let id = format!("evt_{}", i % 500);
+        let (app, endpoint, secret) = (&app, &endpoint, &secret);
+        async move {
+            app.deliver(
+                endpoint,
+                secret,
+                &id,
+                &json!({"type": "order.paid", "data": {"n": i % 500}}),
+            )
+            .await
+            .status()
+        }
+    });
+
+    let statuses = futures::future::join_all(sends).await;
+
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries")
+            .await,
+        500
+    );
+    assert_eq!(
+        app.count("select count(distinct webhook_id) from keel.webhook_deliveries")
+            .await,
+        500
+    );
+    assert_eq!(app.count("select count(*) from keel.tasks").await, 500);
+}
+
+/// A pull endpoint listing the source's recent events.
+async fn pull_server(events: Value) -> String {
+    let address = serve_http(move |_| {
+        let events = events.clone();
+        async move { json_reply(hyper::StatusCode::OK, json!({"events": events})) }
+    })
+    .await;
+    format!("http://{address}/events")
+}
+
+#[tokio::test]
+async fn reconciliation_pulls_the_events_webhooks_missed_exactly_once() {
+    let app = spawn_app_with(|_, vars| {
+        vars.insert("ALLOW_PRIVATE_PULL_URLS".into(), "true".into());
+    })
+    .await;
+    let key = app.create_tenant("shop").await;
+    let delivered = upserted("menu", "Delivered by webhook.");
+    let missed = upserted("hours", "Open at noon; this webhook never arrived.");
+    let pull_url = pull_server(json!([
+        {"id": "evt_delivered", "type": delivered["type"], "data": delivered["data"]},
+        {"id": "evt_missed", "type": missed["type"], "data": missed["data"]},
+    ]))
+    .await;
+    let (endpoint, secret) = app
+        .create_webhook_endpoint(&key, json!({"source": "cms", "pull_url": pull_url}))
+        .await;
+    app.deliver(&endpoint, &secret, "evt_delivered", &delivered)
+        .await;
+
+    let maintenance = app.run_cron("/api/cron/maintenance").await;
+    assert_eq!(maintenance["reconciliations_enqueued"], 1);
+    assert_eq!(
+        app.run_cron("/api/cron/maintenance").await["reconciliations_enqueued"],
+        0,
+        "once per window"
+    );
+    app.run_cron("/api/cron/tasks").await; // reconcile, process the delivered event
+    app.run_cron("/api/cron/tasks").await; // process the pulled event
+
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries")
+            .await,
+        2
+    );
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries where webhook_id = 'evt_missed'")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.count("select count(*) from keel.documents").await,
+        2,
+        "the missed document arrived"
+    );
+    assert_eq!(
+        app.count("select count(*) from keel.tasks where status <> 'succeeded'")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn pull_urls_reaching_private_addresses_are_refused_unless_allowed_in_development() {
+    let app = spawn_app().await;
+    let key = app.create_tenant("shop").await;
+    let pull_url = pull_server(json!([])).await;
+    app.create_webhook_endpoint(&key, json!({"source": "cms", "pull_url": pull_url}))
+        .await;
+
+    app.run_cron("/api/cron/maintenance").await;
+    let report = app.run_cron("/api/cron/tasks").await;
+
+    assert_eq!(report["dead"], 1, "{report}");
+    let error: String = app
+        .db
+        .connect()
+        .await
+        .query_one(
+            "select last_error from keel.tasks where kind = 'webhook.reconcile'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(error.contains("private or loopback address"), "{error}");
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
