@@ -578,6 +578,31 @@ end $$;
 
 -- Search ----------------------------------------------------------------------------
 
+-- Up to p_limit of a tenant's chunks matching p_query, best ts_rank_cd first,
+-- skipping the chunk ids already in p_seen; ranks at most 5,000 matches.
+create or replace function keel.rank_keyword(
+  p_tenant uuid, p_query tsquery, p_filter jsonb, p_limit int, p_seen jsonb
+) returns jsonb
+language sql
+stable
+set search_path = keel, pg_catalog
+as $$
+  select coalesce(jsonb_agg(jsonb_build_object('chunk_id', id, 'score', score) order by score desc, id), '[]'::jsonb)
+  from (
+    select id, ts_rank_cd(search_vector, p_query, 32)::float8 as score
+    from (
+      select c.id, c.search_vector
+      from keel.chunks c
+      join keel.documents d on d.id = c.document_id
+      where c.tenant_id = p_tenant and c.search_vector @@ p_query and d.metadata @> p_filter
+        and (p_seen is null or not p_seen @> jsonb_build_array(jsonb_build_object('chunk_id', c.id)))
+      limit 5000
+    ) matches
+    order by score desc, id
+    limit p_limit
+  ) ranked;
+$$;
+
 -- Hybrid search for the caller's tenant. Modes: `vector` (cosine similarity
 -- through the model's HNSW index, with pgvector's iterative scan so tenant and
 -- metadata filters cannot starve the result), `keyword` (full-text,
@@ -665,19 +690,18 @@ begin
   end if;
 
   if v_mode in ('keyword', 'hybrid') then
-    -- Any query word may match (OR): ranking, not the filter, rewards all of them.
-    v_query := nullif(replace(websearch_to_tsquery('english', args->>'query')::text, ' & ', ' | '), '')::tsquery;
-    if v_query is not null then
-      select coalesce(jsonb_agg(jsonb_build_object('chunk_id', id, 'score', score) order by score desc), '[]'::jsonb)
-      into v_keyword
-      from (
-        select c.id, ts_rank_cd(c.search_vector, v_query, 32)::float8 as score
-        from keel.chunks c
-        join keel.documents d on d.id = c.document_id
-        where c.tenant_id = v_tenant and c.search_vector @@ v_query and d.metadata @> v_filter
-        order by score desc, c.id
-        limit v_candidates
-      ) ranked;
+    -- Chunks with every query word first; when they are too few, chunks with
+    -- any of them. Ranking reads each matching row, so the any-word pass ranks
+    -- at most 5,000 matches: bounded latency for short, common-word queries on
+    -- large tenants, at the price of possibly missing a better match beyond them.
+    v_query := websearch_to_tsquery('english', args->>'query');
+    if numnode(v_query) > 0 then
+      v_keyword := keel.rank_keyword(v_tenant, v_query, v_filter, v_candidates, null);
+      if jsonb_array_length(v_keyword) < v_candidates and position('&' in v_query::text) > 0 then
+        v_keyword := v_keyword || keel.rank_keyword(
+          v_tenant, replace(v_query::text, ' & ', ' | ')::tsquery, v_filter,
+          v_candidates - jsonb_array_length(v_keyword), v_keyword);
+      end if;
     end if;
   end if;
 
@@ -714,3 +738,4 @@ revoke all on function keel.bump(text, bigint) from public, anon, authenticated;
 revoke all on function keel.prepare_embedding_model(text, int) from public, anon, authenticated;
 revoke all on function keel.replace_chunks(uuid, uuid, text, jsonb, text, int) from public, anon, authenticated;
 revoke all on function keel.tenant_json(keel.tenants) from public, anon, authenticated;
+revoke all on function keel.rank_keyword(uuid, tsquery, jsonb, int, jsonb) from public, anon, authenticated;
