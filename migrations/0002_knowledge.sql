@@ -189,6 +189,36 @@ begin
   insert into keel.embedding_models (model, dimensions) values (p_model, p_dimensions);
 end $$;
 
+-- Audit ---------------------------------------------------------------------------
+
+-- Admin and security-relevant actions: who (actor), what (action, target),
+-- from where (request id, client IP) and when. Never a secret: keys appear by
+-- id and prefix only. Written in the same transaction as the action.
+create table if not exists keel.audit_log (
+  id bigint generated always as identity primary key,
+  at timestamptz not null default now(),
+  actor text not null,
+  action text not null,
+  target text not null,
+  tenant_id uuid references keel.tenants (id) on delete set null,
+  request_id text,
+  ip text,
+  details jsonb not null default '{}'
+);
+create index if not exists audit_log_at on keel.audit_log (at);
+create index if not exists audit_log_tenant on keel.audit_log (tenant_id, at);
+
+-- Records an action; `p_args->'audit'` carries the caller's actor, request id and IP.
+create or replace function keel.audit(p_args jsonb, p_action text, p_target text, p_tenant uuid, p_details jsonb)
+returns void
+language sql
+set search_path = keel, pg_catalog
+as $$
+  insert into keel.audit_log (actor, action, target, tenant_id, request_id, ip, details)
+  values (coalesce(p_args->'audit'->>'actor', 'system'), p_action, p_target, p_tenant,
+          p_args->'audit'->>'request_id', p_args->'audit'->>'ip', coalesce(p_details, '{}'::jsonb));
+$$;
+
 -- Tenants (admin) -------------------------------------------------------------
 
 create or replace function keel.tenant_json(t keel.tenants) returns jsonb
@@ -206,6 +236,7 @@ set search_path = keel, pg_catalog
 as $$
 declare
   v_tenant keel.tenants;
+  v_key_id uuid;
 begin
   begin
     insert into keel.tenants (slug, name)
@@ -215,7 +246,12 @@ begin
     raise exception 'a tenant with slug "%" already exists', args->>'slug' using errcode = '23505';
   end;
   insert into keel.api_keys (tenant_id, key_hash, prefix)
-  values (v_tenant.id, args->>'key_hash', args->>'key_prefix');
+  values (v_tenant.id, args->>'key_hash', args->>'key_prefix')
+  returning id into v_key_id;
+  perform keel.audit(args, 'tenant.created', 'tenant:' || v_tenant.slug, v_tenant.id,
+                     jsonb_build_object('name', v_tenant.name));
+  perform keel.audit(args, 'key.issued', 'key:' || v_key_id, v_tenant.id,
+                     jsonb_build_object('prefix', args->>'key_prefix'));
   return jsonb_build_object('tenant', keel.tenant_json(v_tenant));
 end $$;
 
@@ -251,6 +287,7 @@ as $$
 declare
   v_tenant keel.tenants;
   v_revoked int := 0;
+  v_revoked_keys jsonb;
   v_key_id uuid;
 begin
   select * into v_tenant from keel.tenants where slug = args->>'slug' for update;
@@ -258,13 +295,24 @@ begin
     raise exception 'no tenant with slug "%"', args->>'slug' using errcode = 'P0002';
   end if;
   if coalesce((args->>'revoke_existing')::boolean, false) then
-    update keel.api_keys set revoked_at = now()
-    where tenant_id = v_tenant.id and revoked_at is null;
-    get diagnostics v_revoked = row_count;
+    with revoked as (
+      update keel.api_keys set revoked_at = now()
+      where tenant_id = v_tenant.id and revoked_at is null
+      returning id, prefix
+    )
+    select count(*), coalesce(jsonb_agg(jsonb_build_object('key_id', id, 'prefix', prefix)), '[]'::jsonb)
+    into v_revoked, v_revoked_keys
+    from revoked;
+    if v_revoked > 0 then
+      perform keel.audit(args, 'key.revoked', 'tenant:' || v_tenant.slug, v_tenant.id,
+                         jsonb_build_object('keys', v_revoked_keys));
+    end if;
   end if;
   insert into keel.api_keys (tenant_id, key_hash, prefix)
   values (v_tenant.id, args->>'key_hash', args->>'key_prefix')
   returning id into v_key_id;
+  perform keel.audit(args, 'key.issued', 'key:' || v_key_id, v_tenant.id,
+                     jsonb_build_object('prefix', args->>'key_prefix'));
   return jsonb_build_object('tenant', keel.tenant_json(v_tenant), 'key_id', v_key_id, 'revoked', v_revoked);
 end $$;
 
@@ -580,28 +628,37 @@ end $$;
 
 -- Up to p_limit of a tenant's chunks matching p_query, best ts_rank_cd first,
 -- skipping the chunk ids already in p_seen; ranks at most 5,000 matches.
+-- EXECUTE plans with the actual query and tenant: a generic plan cannot tell
+-- a rare word (GIN index) from a common one and scanned the whole tenant.
 create or replace function keel.rank_keyword(
   p_tenant uuid, p_query tsquery, p_filter jsonb, p_limit int, p_seen jsonb
 ) returns jsonb
-language sql
+language plpgsql
 stable
 set search_path = keel, pg_catalog
 as $$
-  select coalesce(jsonb_agg(jsonb_build_object('chunk_id', id, 'score', score) order by score desc, id), '[]'::jsonb)
-  from (
-    select id, ts_rank_cd(search_vector, p_query, 32)::float8 as score
+declare
+  v_ranked jsonb;
+begin
+  execute $q$
+    select coalesce(jsonb_agg(jsonb_build_object('chunk_id', id, 'score', score) order by score desc, id), '[]'::jsonb)
     from (
-      select c.id, c.search_vector
-      from keel.chunks c
-      join keel.documents d on d.id = c.document_id
-      where c.tenant_id = p_tenant and c.search_vector @@ p_query and d.metadata @> p_filter
-        and (p_seen is null or not p_seen @> jsonb_build_array(jsonb_build_object('chunk_id', c.id)))
-      limit 5000
-    ) matches
-    order by score desc, id
-    limit p_limit
-  ) ranked;
-$$;
+      select id, ts_rank_cd(search_vector, $2, 32)::float8 as score
+      from (
+        select c.id, c.search_vector
+        from keel.chunks c
+        join keel.documents d on d.id = c.document_id
+        where c.tenant_id = $1 and c.search_vector @@ $2 and d.metadata @> $3
+          and ($5::jsonb is null or not $5::jsonb @> jsonb_build_array(jsonb_build_object('chunk_id', c.id)))
+        limit 5000
+      ) matches
+      order by score desc, id
+      limit $4
+    ) ranked$q$
+  into v_ranked
+  using p_tenant, p_query, p_filter, p_limit, p_seen;
+  return v_ranked;
+end $$;
 
 -- Hybrid search for the caller's tenant. Modes: `vector` (cosine similarity
 -- through the model's HNSW index, with pgvector's iterative scan so tenant and
@@ -738,4 +795,5 @@ revoke all on function keel.bump(text, bigint) from public, anon, authenticated;
 revoke all on function keel.prepare_embedding_model(text, int) from public, anon, authenticated;
 revoke all on function keel.replace_chunks(uuid, uuid, text, jsonb, text, int) from public, anon, authenticated;
 revoke all on function keel.tenant_json(keel.tenants) from public, anon, authenticated;
+revoke all on function keel.audit(jsonb, text, text, uuid, jsonb) from public, anon, authenticated;
 revoke all on function keel.rank_keyword(uuid, tsquery, jsonb, int, jsonb) from public, anon, authenticated;

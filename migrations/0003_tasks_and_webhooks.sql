@@ -230,6 +230,9 @@ begin
   insert into keel.webhook_endpoints (tenant_id, source, secret_ciphertext, key_id, pull_url)
   values (keel.resolve_tenant(args), args->>'source', args->>'secret_ciphertext', args->>'key_id', args->>'pull_url')
   returning * into v_endpoint;
+  perform keel.audit(args, 'webhook_endpoint.created', 'webhook_endpoint:' || v_endpoint.id, v_endpoint.tenant_id,
+                     jsonb_build_object('source', v_endpoint.source, 'pull_url', v_endpoint.pull_url,
+                                        'encryption_key_id', v_endpoint.key_id));
   return jsonb_build_object('id', v_endpoint.id, 'source', v_endpoint.source,
                             'pull_url', v_endpoint.pull_url, 'created_at', v_endpoint.created_at);
 end $$;

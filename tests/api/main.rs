@@ -8,6 +8,7 @@ mod embedding_worker;
 mod health;
 mod helpers;
 mod http_conventions;
+mod operations;
 mod postgrest;
 mod ready;
 mod search;

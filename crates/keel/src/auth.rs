@@ -59,6 +59,16 @@ pub fn tenant_key_hash(request: &ApiRequest) -> Result<String, ApiError> {
     }
 }
 
+/// The audit actor for a tenant request: the key's public prefix, never the key.
+pub fn tenant_actor(request: &ApiRequest) -> String {
+    match request.bearer_token() {
+        Some(key) if key.len() == KEY_LENGTH && key.starts_with(KEY_PREFIX) => {
+            format!("tenant-key:{}", &key[..KEY_PREFIX.len() + 6])
+        }
+        _ => "tenant".to_owned(),
+    }
+}
+
 /// Whose data a database call acts on. HTTP handlers only ever build `Key`
 /// from the caller's credential; `Trusted` carries a tenant id read from the
 /// database itself (a task's owner), never one a client supplied.

@@ -117,6 +117,8 @@ pub struct Config {
     pub embeddings: Option<EmbeddingsProviderConfig>,
     pub admin_api_key: Option<SecretString>,
     pub cron_secret: Option<SecretString>,
+    /// Bearer token for `GET /api/metrics`; unset closes the route.
+    pub metrics_token: Option<SecretString>,
     pub encryption_key: Option<Arc<SecretBox<[u8; 32]>>>,
     /// Earlier ENCRYPTION_KEYs, still accepted for decryption after a rotation.
     pub previous_encryption_keys: Vec<Arc<SecretBox<[u8; 32]>>>,
@@ -214,6 +216,7 @@ impl Config {
         let embeddings = env.embeddings(production);
         let admin_api_key = env.shared_secret("ADMIN_API_KEY", production);
         let cron_secret = env.shared_secret("CRON_SECRET", production);
+        let metrics_token = env.shared_secret("METRICS_TOKEN", false);
         let encryption_key = env.encryption_key(production);
         let previous_encryption_keys = env.previous_encryption_keys();
         let sentry = env.sentry();
@@ -261,6 +264,7 @@ impl Config {
             embeddings,
             admin_api_key,
             cron_secret,
+            metrics_token,
             encryption_key,
             previous_encryption_keys,
             sentry,

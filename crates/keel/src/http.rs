@@ -201,6 +201,17 @@ impl ApiRequest {
     }
 }
 
+impl ApiRequest {
+    /// Who did it, from which request and address: stored with audited actions.
+    pub fn audit(&self, actor: &str) -> serde_json::Value {
+        serde_json::json!({
+            "actor": actor,
+            "request_id": self.request_id,
+            "ip": self.client_ip.map(|ip| ip.to_string()),
+        })
+    }
+}
+
 /// Pagination shared by list routes: `?limit=` (1..=max) and an opaque `?cursor=`.
 pub struct Page {
     pub limit: u32,

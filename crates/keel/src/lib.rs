@@ -18,6 +18,7 @@
 //! - [`search`]: hybrid search and the query embedding cache.
 //! - [`tasks`]: the durable task queue and its cron functions.
 //! - [`webhooks`]: signed webhook intake, processing and reconciliation.
+//! - [`metrics`]: Prometheus metrics computed from the database.
 
 pub mod app;
 pub mod auth;
@@ -28,6 +29,7 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod ingest;
+pub mod metrics;
 pub mod routes;
 pub mod runtime;
 pub mod search;

@@ -6,7 +6,7 @@ use http::Method;
 
 use crate::embeddings::worker;
 use crate::http::Route;
-use crate::{health, ingest, search, tasks, tenants, webhooks};
+use crate::{health, ingest, metrics, search, tasks, tenants, webhooks};
 
 pub fn health() -> Route {
     Route::new("/api/health", &[Method::GET], |app, req| {
@@ -112,6 +112,12 @@ pub fn webhook_intake() -> Route {
     })
 }
 
+pub fn metrics() -> Route {
+    Route::new("/api/metrics", &[Method::GET], |app, req| {
+        Box::pin(metrics::metrics(app, req))
+    })
+}
+
 pub fn all() -> Vec<Route> {
     vec![
         health(),
@@ -130,5 +136,6 @@ pub fn all() -> Vec<Route> {
         webhook_endpoints(),
         webhook_deliveries(),
         webhook_intake(),
+        metrics(),
     ]
 }

@@ -51,7 +51,13 @@ pub async fn create(app: Arc<App>, request: ApiRequest) -> HandlerResult {
         .db
         .call(
             "keel_create_tenant",
-            &json!({"name": name, "slug": body.slug, "key_hash": key.hash, "key_prefix": key.prefix}),
+            &json!({
+                "name": name,
+                "slug": body.slug,
+                "key_hash": key.hash,
+                "key_prefix": key.prefix,
+                "audit": request.audit("admin"),
+            }),
         )
         .await?;
     Ok(json_response(
@@ -140,6 +146,7 @@ pub async fn issue_key(app: Arc<App>, request: ApiRequest) -> HandlerResult {
                 "key_hash": key.hash,
                 "key_prefix": key.prefix,
                 "revoke_existing": body.revoke_existing,
+                "audit": request.audit("admin"),
             }),
         )
         .await?;

@@ -244,6 +244,7 @@ pub async fn create_endpoint(app: Arc<App>, request: ApiRequest) -> HandlerResul
                 "pull_url": body.pull_url,
                 "secret_ciphertext": encrypt(key, secret.as_bytes()),
                 "key_id": key_id(key),
+                "audit": request.audit(&auth::tenant_actor(&request)),
             })),
         )
         .await?;
