@@ -43,16 +43,7 @@ async fn ingesting_new_documents_creates_them_with_pending_chunks() {
         2
     );
 
-    let listed: Value = app
-        .client
-        .get(app.url("/api/documents"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = app.get_json("/api/documents", &key).await;
     let documents = listed["documents"].as_array().unwrap();
     assert_eq!(documents.len(), 2);
     assert_eq!(documents[1]["id"], "menu-2024");
@@ -340,16 +331,7 @@ async fn a_tenant_can_neither_see_nor_change_nor_delete_another_tenants_document
         .unwrap();
     assert_eq!(body["created"], 1, "ids are per tenant");
 
-    let listed: Value = app
-        .client
-        .get(app.url("/api/documents"))
-        .bearer_auth(&clinic)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = app.get_json("/api/documents", &clinic).await;
     assert_eq!(listed["documents"].as_array().unwrap().len(), 1);
     assert_eq!(listed["documents"][0]["title"], "");
 

@@ -144,16 +144,7 @@ async fn a_poison_batch_is_retried_with_backoff_then_marked_failed_with_its_erro
         "the provider's reason is kept"
     );
     assert!(row.get::<_, bool>(2));
-    let listed: Value = app
-        .client
-        .get(app.url("/api/documents"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = app.get_json("/api/documents", &key).await;
     assert_eq!(listed["documents"][0]["embedding_state"], "failed");
 }
 

@@ -261,6 +261,18 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
+    /// `GET path` with a bearer credential, expecting JSON back.
+    pub async fn get_json(&self, path: &str, credential: &str) -> serde_json::Value {
+        let response = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(credential)
+            .send()
+            .await
+            .unwrap();
+        response.json().await.expect("a JSON body")
+    }
+
     /// Runs a cron route as Vercel Cron would and returns its report.
     pub async fn run_cron(&self, path: &str) -> serde_json::Value {
         let response = self

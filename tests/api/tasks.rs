@@ -137,16 +137,7 @@ async fn a_poison_task_ends_dead_after_max_attempts_with_its_error_visible() {
     let (status, attempts, error) = task_row(&app, task["id"].as_i64().unwrap()).await;
     assert_eq!((status.as_str(), attempts), ("dead", 3));
     assert!(error.unwrap().contains("pulling 127.0.0.1"));
-    let listed: Value = app
-        .client
-        .get(app.url("/api/tasks?status=dead"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = app.get_json("/api/tasks?status=dead", &key).await;
     assert_eq!(listed["tasks"][0]["kind"], "webhook.reconcile");
     assert_eq!(listed["tasks"][0]["attempts"], 3);
     assert!(
@@ -272,26 +263,10 @@ async fn tenants_see_only_their_own_tasks() {
     let clinic = app.create_tenant("clinic").await;
     queued_delivery(&app, &shop, 2).await;
 
-    let theirs: Value = app
-        .client
-        .get(app.url("/api/tasks"))
-        .bearer_auth(&clinic)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let theirs: Value = app.get_json("/api/tasks", &clinic).await;
     let mine: Value = app
-        .client
-        .get(app.url("/api/tasks?status=queued&kind=webhook.process"))
-        .bearer_auth(&shop)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/tasks?status=queued&kind=webhook.process", &shop)
+        .await;
     let bad = app
         .client
         .get(app.url("/api/tasks?status=done"))

@@ -113,16 +113,7 @@ async fn a_signed_delivery_is_stored_before_the_200_then_synced_through_the_queu
         report,
         json!({"ran": 1, "succeeded": 1, "failed": 0, "dead": 0, "remaining": 0})
     );
-    let documents: Value = app
-        .client
-        .get(app.url("/api/documents"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let documents: Value = app.get_json("/api/documents", &key).await;
     assert_eq!(documents["documents"][0]["id"], "menu");
     assert_eq!(
         app.count("select count(*) from keel.webhook_deliveries where status = 'processed'")
@@ -315,27 +306,14 @@ async fn other_events_are_stored_and_listed_for_integrations() {
     }
     app.run_cron("/api/cron/tasks").await;
 
-    let first: Value = app
-        .client
-        .get(app.url("/api/webhooks/deliveries?limit=2"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let first: Value = app.get_json("/api/webhooks/deliveries?limit=2", &key).await;
     let cursor = first["next_cursor"].as_str().unwrap();
     let second: Value = app
-        .client
-        .get(app.url(&format!("/api/webhooks/deliveries?limit=2&cursor={cursor}")))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(
+            &format!("/api/webhooks/deliveries?limit=2&cursor={cursor}"),
+            &key,
+        )
+        .await;
 
     let deliveries: Vec<&Value> = first["deliveries"]
         .as_array()
@@ -355,16 +333,7 @@ async fn other_events_are_stored_and_listed_for_integrations() {
     }
     // Another tenant sees none of them.
     let other = app.create_tenant("other").await;
-    let theirs: Value = app
-        .client
-        .get(app.url("/api/webhooks/deliveries"))
-        .bearer_auth(&other)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let theirs: Value = app.get_json("/api/webhooks/deliveries", &other).await;
     assert_eq!(theirs["deliveries"], json!([]));
 }
 
