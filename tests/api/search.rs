@@ -357,3 +357,65 @@ async fn a_small_tenant_among_many_still_gets_top_k_results() {
     assert_eq!(body["results"].as_array().unwrap().len(), 5, "{body}");
     assert!(document_ids(&body).iter().all(|id| id.starts_with('s')));
 }
+
+#[tokio::test]
+async fn a_model_change_reembeds_in_the_background_while_search_serves_the_old_vectors() {
+    let (openai, url) = FakeOpenAi::start().await;
+    let app = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
+    let (restaurant, _) = restaurant_and_clinic(&app).await;
+
+    // The deployment switches to another model (another vector size).
+    let switched = crate::helpers::spawn_app_on(
+        crate::helpers::TestDatabase {
+            url: app.db.url.clone(),
+        },
+        {
+            let mut vars = crate::helpers::base_vars(&app.db);
+            openai_vars(&mut vars, &url);
+            vars.insert("EMBEDDING_MODEL".into(), "text-embedding-3-large".into());
+            vars.insert("EMBEDDING_DIMENSIONS".into(), "32".into());
+            vars
+        },
+    )
+    .await;
+    let first_switch_request = openai.requests().len();
+
+    // Before any new vector exists, search still answers with the old model's vectors.
+    let body = results(
+        &switched,
+        &restaurant,
+        json!({"query": "chickpea curry falafel", "mode": "vector"}),
+    )
+    .await;
+    assert_eq!(body["mode"], "vector");
+    assert!(body.get("degraded").is_none(), "{body}");
+    assert_eq!(body["results"][0]["document_id"], "faq-diet");
+    let query_request = &openai.requests()[first_switch_request];
+    assert_eq!(
+        query_request["model"], "text-embedding-3-small",
+        "the query is embedded with the serving model"
+    );
+    assert_eq!(query_request["dimensions"], 64);
+
+    // The cron re-embeds every chunk with the new model, each under its own HNSW index.
+    let report = switched.run_embedding_cron().await;
+    assert_eq!(report["embedded"], 6, "{report}");
+    assert_eq!(
+        app.count("select count(*) from pg_indexes where indexname like 'embeddings_hnsw_%'")
+            .await,
+        2
+    );
+    let body = results(
+        &switched,
+        &restaurant,
+        json!({"query": "chickpea curry falafel", "mode": "vector"}),
+    )
+    .await;
+    assert_eq!(body["results"][0]["document_id"], "faq-diet");
+    let last = openai.requests().last().unwrap().clone();
+    assert_eq!(
+        last["model"], "text-embedding-3-large",
+        "once complete, the new model serves"
+    );
+    assert_eq!(last["dimensions"], 32);
+}
