@@ -205,12 +205,15 @@ pub async fn search(app: Arc<App>, request: ApiRequest) -> HandlerResult {
             }
             SearchOutcome::NeedsEmbedding { needs_embedding } => {
                 debug_assert!(needs_embedding);
-                let embedder = app
-                    .embedder
-                    .as_ref()
-                    .expect("vector modes need an embedder");
                 let deadline = Instant::now() + QUERY_EMBEDDING_TIMEOUT;
-                match embedder.embed(&model, &[query.to_owned()], deadline).await {
+                let embedded = match &app.embedder {
+                    Some(embedder) => embedder
+                        .embed(&model, &[query.to_owned()], deadline)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    None => Err("no embeddings provider is configured".to_owned()),
+                };
+                match embedded {
                     Ok(mut vectors) => {
                         let vector = Arc::new(vectors.remove(0));
                         app.query_cache.put(&model, &hash, vector.clone());
