@@ -212,13 +212,12 @@ impl TestApp {
     /// Creates a tenant through the admin API and returns its API key.
     pub async fn create_tenant(&self, slug: &str) -> String {
         let response = self
-            .client
-            .post(self.url("/api/tenants"))
-            .bearer_auth(ADMIN_KEY)
-            .json(&serde_json::json!({"name": slug, "slug": slug}))
-            .send()
-            .await
-            .unwrap();
+            .post_json(
+                "/api/tenants",
+                ADMIN_KEY,
+                &serde_json::json!({"name": slug, "slug": slug}),
+            )
+            .await;
         assert_eq!(response.status(), 201, "creating tenant {slug}");
         let body: serde_json::Value = response.json().await.unwrap();
         body["api_key"].as_str().unwrap().to_owned()
@@ -239,13 +238,7 @@ impl TestApp {
     }
 
     pub async fn search(&self, key: &str, body: serde_json::Value) -> reqwest::Response {
-        self.client
-            .post(self.url("/api/search"))
-            .bearer_auth(key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
+        self.post_json("/api/search", key, &body).await
     }
 
     /// Runs the embedding cron once, as Vercel Cron would, and returns its report.
@@ -259,6 +252,22 @@ impl TestApp {
             .unwrap();
         assert_eq!(response.status(), 200, "embedding cron");
         response.json().await.unwrap()
+    }
+
+    /// `POST path` with a bearer credential and a JSON body.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        credential: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(credential)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// `GET path` with a bearer credential, expecting JSON back.
@@ -292,14 +301,7 @@ impl TestApp {
         key: &str,
         body: serde_json::Value,
     ) -> (String, String) {
-        let response = self
-            .client
-            .post(self.url("/api/webhooks/endpoints"))
-            .bearer_auth(key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let response = self.post_json("/api/webhooks/endpoints", key, &body).await;
         assert_eq!(response.status(), 201, "creating a webhook endpoint");
         let body: serde_json::Value = response.json().await.unwrap();
         (

@@ -7,13 +7,12 @@ async fn an_admin_creates_a_tenant_and_gets_its_key_once_while_only_a_hash_is_st
     let app = spawn_app().await;
 
     let response = app
-        .client
-        .post(app.url("/api/tenants"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"name": "Joe's Diner", "slug": "joes-diner"}))
-        .send()
-        .await
-        .unwrap();
+        .post_json(
+            "/api/tenants",
+            ADMIN_KEY,
+            &json!({"name": "Joe's Diner", "slug": "joes-diner"}),
+        )
+        .await;
 
     assert_eq!(response.status(), 201);
     let body: Value = response.json().await.unwrap();
@@ -49,13 +48,12 @@ async fn a_taken_slug_is_a_conflict() {
     app.create_tenant("clinic").await;
 
     let response = app
-        .client
-        .post(app.url("/api/tenants"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"name": "Another clinic", "slug": "clinic"}))
-        .send()
-        .await
-        .unwrap();
+        .post_json(
+            "/api/tenants",
+            ADMIN_KEY,
+            &json!({"name": "Another clinic", "slug": "clinic"}),
+        )
+        .await;
 
     assert_eq!(response.status(), 409);
     let error = error_body(response).await;
@@ -108,14 +106,7 @@ async fn bad_tenant_requests_are_refused_naming_the_field_and_store_nothing() {
         ),
     ];
     for (body, message, reason) in cases {
-        let response = app
-            .client
-            .post(app.url("/api/tenants"))
-            .bearer_auth(ADMIN_KEY)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let response = app.post_json("/api/tenants", ADMIN_KEY, &body).await;
         assert_eq!(response.status(), 400, "{reason}");
         let error = error_body(response).await;
         assert!(
@@ -234,13 +225,12 @@ async fn a_new_key_can_revoke_the_old_ones() {
 
     // Rotation after a leak: a third key revokes the other two.
     let response = app
-        .client
-        .post(app.url("/api/tenants/bistro/keys"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"revoke_existing": true}))
-        .send()
-        .await
-        .unwrap();
+        .post_json(
+            "/api/tenants/bistro/keys",
+            ADMIN_KEY,
+            &json!({"revoke_existing": true}),
+        )
+        .await;
     assert_eq!(response.status(), 201);
     let third: Value = response.json().await.unwrap();
     assert_eq!(third["revoked"], 2);
@@ -276,13 +266,12 @@ async fn issuing_a_key_for_an_unknown_tenant_is_404() {
 async fn missing_unknown_and_revoked_keys_get_the_same_401() {
     let app = spawn_app().await;
     let revoked = app.create_tenant("cafe").await;
-    app.client
-        .post(app.url("/api/tenants/cafe/keys"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"revoke_existing": true}))
-        .send()
-        .await
-        .unwrap();
+    app.post_json(
+        "/api/tenants/cafe/keys",
+        ADMIN_KEY,
+        &json!({"revoke_existing": true}),
+    )
+    .await;
     let unknown = keel::auth::issue_key().key;
 
     let mut bodies = Vec::new();

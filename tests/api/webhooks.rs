@@ -24,13 +24,8 @@ async fn an_endpoint_shows_its_secret_once_and_stores_it_encrypted() {
     let key = app.create_tenant("shop").await;
 
     let response = app
-        .client
-        .post(app.url("/api/webhooks/endpoints"))
-        .bearer_auth(&key)
-        .json(&json!({"source": "vapi"}))
-        .send()
-        .await
-        .unwrap();
+        .post_json("/api/webhooks/endpoints", &key, &json!({"source": "vapi"}))
+        .await;
 
     assert_eq!(response.status(), 201);
     let body: Value = response.json().await.unwrap();
@@ -59,13 +54,8 @@ async fn an_endpoint_shows_its_secret_once_and_stores_it_encrypted() {
         .unwrap();
     assert_eq!(unauthenticated.status(), 401);
     let bad = app
-        .client
-        .post(app.url("/api/webhooks/endpoints"))
-        .bearer_auth(&key)
-        .json(&json!({"source": "Vapi!"}))
-        .send()
-        .await
-        .unwrap();
+        .post_json("/api/webhooks/endpoints", &key, &json!({"source": "Vapi!"}))
+        .await;
     assert_eq!(bad.status(), 400);
     assert!(
         error_body(bad).await["message"]
