@@ -197,7 +197,34 @@ pub fn base_vars(db: &TestDatabase) -> HashMap<String, String> {
         ("ADMIN_API_KEY".to_owned(), ADMIN_KEY.to_owned()),
         ("CRON_SECRET".to_owned(), CRON_SECRET.to_owned()),
         ("ENCRYPTION_KEY".to_owned(), "5e".repeat(32)),
+        // Tests of other behaviour poll and repeat freely; the rate-limit
+        // tests set the quotas they exercise.
+        (
+            "RATE_LIMIT_SEARCH_PER_MINUTE".to_owned(),
+            "100000".to_owned(),
+        ),
+        (
+            "RATE_LIMIT_TENANT_PER_MINUTE".to_owned(),
+            "100000".to_owned(),
+        ),
+        (
+            "RATE_LIMIT_ANONYMOUS_PER_MINUTE".to_owned(),
+            "100000".to_owned(),
+        ),
+        (
+            "RATE_LIMIT_WEBHOOK_PER_MINUTE".to_owned(),
+            "100000".to_owned(),
+        ),
     ])
+}
+
+/// A client whose requests come from `ip`, a loopback address other than
+/// 127.0.0.1, so tests can act as different client addresses.
+pub fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().expect("an IP address"))
+        .build()
+        .expect("a client")
 }
 
 /// Variables pointing Keel at a fake OpenAI server (64-dimension vectors).

@@ -3,7 +3,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{ADMIN_KEY, repo_root, spawn_app_with};
+use crate::helpers::{ADMIN_KEY, client_from, repo_root, spawn_app_with};
 
 const METRICS_TOKEN: &str = "metrics-token-for-tests-0123456789abcdef";
 
@@ -52,6 +52,7 @@ print(json.dumps(samples))
 async fn metrics_parse_with_the_reference_parser_and_count_what_happened() {
     let app = spawn_app_with(|_, vars| {
         vars.insert("METRICS_TOKEN".into(), METRICS_TOKEN.into());
+        vars.insert("RATE_LIMIT_SEARCH_PER_MINUTE".into(), "1".into());
     })
     .await;
     let key = app.create_tenant("shop").await;
@@ -73,6 +74,10 @@ async fn metrics_parse_with_the_reference_parser_and_count_what_happened() {
         &event,
     )
     .await;
+    for _ in 0..2 {
+        app.search(&key, json!({"query": "one", "mode": "keyword"}))
+            .await;
+    }
 
     let response = app
         .client
@@ -112,6 +117,8 @@ async fn metrics_parse_with_the_reference_parser_and_count_what_happened() {
         1.0
     );
     assert_eq!(samples["keel_query_cache_total{result=miss}"], 0.0);
+    assert_eq!(samples["keel_rate_limited_total{scope=search}"], 1.0);
+    assert_eq!(samples["keel_rate_limited_total{scope=webhook}"], 0.0);
     assert!(
         samples
             .as_object()
@@ -141,8 +148,7 @@ async fn metrics_need_the_metrics_token() {
 #[tokio::test]
 async fn audited_actions_record_actor_target_request_and_address_but_never_a_secret() {
     let app = spawn_app_with(|_, _| {}).await;
-    let created: Value = app
-        .client
+    let created: Value = client_from("127.0.0.7")
         .post(app.url("/api/tenants"))
         .bearer_auth(ADMIN_KEY)
         .header("x-request-id", "audit-1")
@@ -174,6 +180,18 @@ async fn audited_actions_record_actor_target_request_and_address_but_never_a_sec
         .bearer_auth(&new_key)
         .header("x-request-id", "audit-3")
         .json(&json!({"source": "vapi"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let endpoint_id = endpoint["id"].as_str().unwrap();
+    let rotated: Value = app
+        .client
+        .post(app.url(&format!("/api/webhooks/endpoints/{endpoint_id}/secret")))
+        .bearer_auth(&new_key)
+        .header("x-request-id", "audit-4")
         .send()
         .await
         .unwrap()
@@ -224,21 +242,37 @@ async fn audited_actions_record_actor_target_request_and_address_but_never_a_sec
                 "webhook_endpoint.created".to_owned(),
                 Some("audit-3".to_owned())
             ),
+            (
+                format!("tenant-key:{}", &new_key[..11]),
+                "webhook_endpoint.secret_rotated".to_owned(),
+                Some("audit-4".to_owned())
+            ),
         ]
     );
     assert_eq!(rows[0].get::<_, String>(2), "tenant:shop");
     assert_eq!(
         rows[0].get::<_, Option<String>>(4).as_deref(),
-        Some("203.0.113.7")
+        Some("127.0.0.7"),
+        "the connection's address, not the header a client can forge"
     );
     assert_eq!(
         rows[4].get::<_, String>(2),
         format!("webhook_endpoint:{}", endpoint["id"].as_str().unwrap())
     );
+    assert_eq!(
+        rows[5].get::<_, String>(2),
+        format!("webhook_endpoint:{endpoint_id}")
+    );
     let secret = endpoint["secret"].as_str().unwrap();
+    let rotated_secret = rotated["secret"].as_str().unwrap();
     for row in &rows {
         let whole: String = row.get(6);
-        for leaked in [&first_key[5..], &new_key[5..], &secret[6..]] {
+        for leaked in [
+            &first_key[5..],
+            &new_key[5..],
+            &secret[6..],
+            &rotated_secret[6..],
+        ] {
             assert!(
                 !whole.contains(leaked),
                 "a secret reached the audit log: {whole}"

@@ -454,3 +454,172 @@ async fn pull_urls_reaching_private_addresses_are_refused_unless_allowed_in_deve
     assert!(error.contains("private or loopback address"), "{error}");
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
+
+async fn rotate(
+    app: &TestApp,
+    key: &str,
+    endpoint: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let request = app
+        .client
+        .post(app.url(&format!("/api/webhooks/endpoints/{endpoint}/secret")))
+        .bearer_auth(key);
+    match body {
+        Some(body) => request.json(&body),
+        None => request,
+    }
+    .send()
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_rotated_secret_is_shown_once_and_the_old_one_verifies_until_its_grace_period_ends() {
+    let app = spawn_app().await;
+    let (key, endpoint, old_secret) = tenant_with_endpoint(&app).await;
+    let event = json!({"type": "order.created", "data": {}});
+
+    let response = rotate(
+        &app,
+        &key,
+        &endpoint,
+        Some(json!({"grace_period_seconds": 3600})),
+    )
+    .await;
+
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let new_secret = body["secret"].as_str().unwrap();
+    assert!(new_secret.starts_with("whsec_") && new_secret != old_secret);
+    assert_eq!(body["id"], endpoint.as_str());
+    assert!(body["previous_secret_expires_at"].is_string());
+    let status =
+        async |secret: &str, id: &str| app.deliver(&endpoint, secret, id, &event).await.status();
+    assert_eq!(status(new_secret, "msg_new").await, 200);
+    assert_eq!(
+        status(&old_secret, "msg_old").await,
+        200,
+        "the sender may not have switched yet"
+    );
+
+    app.db
+        .connect()
+        .await
+        .execute(
+            "update keel.webhook_endpoints set previous_secret_expires_at = now() - interval '1 second'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let late = app
+        .deliver(&endpoint, &old_secret, "msg_late", &event)
+        .await;
+
+    assert_eq!(late.status(), 401);
+    assert_eq!(error_body(late).await["code"], "invalid_signature");
+    assert_eq!(status(new_secret, "msg_new_2").await, 200);
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries")
+            .await,
+        3
+    );
+}
+
+#[tokio::test]
+async fn rotating_with_no_grace_period_retires_the_old_secret_at_once() {
+    let app = spawn_app().await;
+    let (key, endpoint, old_secret) = tenant_with_endpoint(&app).await;
+    let event = json!({"type": "order.created", "data": {}});
+
+    let rotated: Value = rotate(
+        &app,
+        &key,
+        &endpoint,
+        Some(json!({"grace_period_seconds": 0})),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+
+    let new_secret = rotated["secret"].as_str().unwrap();
+    assert_eq!(
+        app.deliver(&endpoint, &old_secret, "msg_old", &event)
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        app.deliver(&endpoint, new_secret, "msg_new", &event)
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn only_the_owning_tenant_can_rotate_an_endpoints_secret() {
+    let app = spawn_app().await;
+    let (_, endpoint, secret) = tenant_with_endpoint(&app).await;
+    let other = app.create_tenant("clinic").await;
+
+    let response = rotate(&app, &other, &endpoint, None).await;
+
+    assert_eq!(response.status(), 404);
+    assert_eq!(error_body(response).await["code"], "not_found");
+    let event = json!({"type": "order.created", "data": {}});
+    assert_eq!(
+        app.deliver(&endpoint, &secret, "msg_1", &event)
+            .await
+            .status(),
+        200,
+        "the secret is unchanged"
+    );
+}
+
+#[tokio::test]
+async fn bad_rotation_requests_are_refused_naming_the_problem() {
+    let app = spawn_app().await;
+    let (key, endpoint, _) = tenant_with_endpoint(&app).await;
+    let cases = [
+        (
+            json!({"grace_period_seconds": 604_801}),
+            "grace_period_seconds",
+            "longer than 7 days",
+        ),
+        (
+            json!({"grace_period_seconds": -1}),
+            "grace_period_seconds",
+            "negative",
+        ),
+        (
+            json!({"grace_period_seconds": "1d"}),
+            "grace_period_seconds",
+            "not a number",
+        ),
+        (json!({"grace": 60}), "grace", "unknown field"),
+    ];
+    for (body, field, reason) in cases {
+        let response = rotate(&app, &key, &endpoint, Some(body)).await;
+        assert_eq!(response.status(), 400, "{reason}");
+        let message = error_body(response).await["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(message.contains(field), "{reason}: {message}");
+    }
+    let unknown = rotate(&app, &key, "not-a-uuid", None).await;
+    assert_eq!(
+        unknown.status(),
+        404,
+        "a malformed id is an unknown endpoint"
+    );
+    assert_eq!(
+        app.count(
+            "select count(*) from keel.webhook_endpoints where secret_rotated_at is not null"
+        )
+        .await,
+        0
+    );
+}

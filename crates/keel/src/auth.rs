@@ -6,15 +6,20 @@
 //! tenant function (see migrations/0002), so authenticating costs no extra
 //! round trip and a lookup by hash reveals nothing about the key through timing.
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 use rand::RngCore as _;
 use secrecy::SecretString;
+use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use crate::app::App;
 use crate::config::secret_matches;
+use crate::db::Db;
 use crate::error::ApiError;
 use crate::http::ApiRequest;
+use crate::ratelimit::RateGate;
 
 const KEY_PREFIX: &str = "keel_";
 /// `keel_` + 43 base64url characters (32 bytes).
@@ -70,22 +75,50 @@ pub fn tenant_actor(request: &ApiRequest) -> String {
 }
 
 /// Whose data a database call acts on. HTTP handlers only ever build `Key`
-/// from the caller's credential; `Trusted` carries a tenant id read from the
-/// database itself (a task's owner), never one a client supplied.
+/// from the caller's credential (with [`tenant`]); `Trusted` carries a tenant
+/// id read from the database itself (a task's owner), never one a client
+/// supplied.
 #[derive(Debug, Clone)]
 pub enum TenantRef {
-    Key(String),
+    /// A caller's key hash, and the request's quota its first call charges.
+    Key {
+        hash: String,
+        gate: Arc<RateGate>,
+    },
     Trusted(String),
+}
+
+/// The tenant a request acts for, by its key (see [`tenant_key_hash`]).
+pub fn tenant(request: &ApiRequest) -> Result<TenantRef, ApiError> {
+    Ok(TenantRef::Key {
+        hash: tenant_key_hash(request)?,
+        gate: request.rate_gate.clone(),
+    })
 }
 
 impl TenantRef {
     /// `args` with the tenant reference the SQL functions resolve.
     pub fn with(&self, mut args: serde_json::Value) -> serde_json::Value {
         match self {
-            TenantRef::Key(hash) => args["key_hash"] = hash.clone().into(),
+            TenantRef::Key { hash, .. } => args["key_hash"] = hash.clone().into(),
             TenantRef::Trusted(id) => args["tenant_id"] = id.clone().into(),
         }
         args
+    }
+
+    /// Calls `public.<function>` for this tenant. A key's first call takes
+    /// the request from the tenant's quota in the same round trip.
+    pub async fn call<R: DeserializeOwned>(
+        &self,
+        db: &Db,
+        function: &'static str,
+        args: serde_json::Value,
+    ) -> Result<R, ApiError> {
+        let args = self.with(args);
+        match self {
+            TenantRef::Key { gate, .. } => Ok(gate.call(db, function, args).await?),
+            TenantRef::Trusted(_) => Ok(db.call(function, &args).await?),
+        }
     }
 }
 

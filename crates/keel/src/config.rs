@@ -96,6 +96,19 @@ pub struct SearchSettings {
     pub disable_vector: bool,
 }
 
+/// Requests per minute per bucket (see `ratelimit`).
+#[derive(Debug, Clone)]
+pub struct RateLimitSettings {
+    /// Per tenant, on `POST /api/search`.
+    pub search_per_minute: u32,
+    /// Per tenant, on every other tenant-key route.
+    pub tenant_per_minute: u32,
+    /// Per client address, on unauthenticated routes (`/api/ready`).
+    pub anonymous_per_minute: u32,
+    /// Per client address, on webhook intake: providers send in bursts.
+    pub webhook_per_minute: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct SentryConfig {
     pub dsn: SecretString,
@@ -131,6 +144,7 @@ pub struct Config {
     pub embedding: EmbeddingSettings,
     pub ingest: IngestLimits,
     pub search: SearchSettings,
+    pub rate_limits: RateLimitSettings,
     /// How long a cron run may work; below the function's maxDuration.
     pub cron_time_budget: Duration,
     pub tasks: TaskSettings,
@@ -233,6 +247,12 @@ impl Config {
             lru_size: env.parsed("QUERY_CACHE_SIZE", 1_000usize).max(1),
             disable_vector: env.flag("DISABLE_VECTOR_SEARCH"),
         };
+        let rate_limits = RateLimitSettings {
+            search_per_minute: env.per_minute("RATE_LIMIT_SEARCH_PER_MINUTE", 60),
+            tenant_per_minute: env.per_minute("RATE_LIMIT_TENANT_PER_MINUTE", 300),
+            anonymous_per_minute: env.per_minute("RATE_LIMIT_ANONYMOUS_PER_MINUTE", 30),
+            webhook_per_minute: env.per_minute("RATE_LIMIT_WEBHOOK_PER_MINUTE", 600),
+        };
         let cron_time_budget = Duration::from_millis(env.parsed("CRON_TIME_BUDGET_MS", 45_000u64));
         let tasks = TaskSettings {
             retry_base: Duration::from_secs(env.parsed("TASK_RETRY_BASE_SECONDS", 30u64)),
@@ -276,6 +296,7 @@ impl Config {
             embedding,
             ingest,
             search,
+            rate_limits,
             cron_time_budget,
             tasks,
         })
@@ -322,6 +343,16 @@ impl<'a> Vars<'a> {
                 default
             }),
         }
+    }
+
+    /// A request quota: a whole number of requests per minute, at least 1.
+    fn per_minute(&mut self, name: &'static str, default: u32) -> u32 {
+        let value = self.parsed(name, default);
+        if value == 0 {
+            self.problem(name, "must be at least 1 request per minute");
+            return default;
+        }
+        value
     }
 
     fn flag(&mut self, name: &'static str) -> bool {
@@ -774,6 +805,30 @@ mod tests {
                 "OPENAI_API_KEY",
                 "PORT",
                 "SUPABASE_URL",
+            ]
+        );
+    }
+
+    #[test]
+    fn rate_limits_default_to_the_guides_and_refuse_zero_or_words() {
+        let config = Config::from_vars(&vars(&[("DATABASE_URL", "postgres://u:p@localhost/keel")]))
+            .expect("valid");
+        assert_eq!(config.rate_limits.search_per_minute, 60);
+        assert_eq!(config.rate_limits.anonymous_per_minute, 30);
+
+        let result = Config::from_vars(&vars(&[
+            ("DATABASE_URL", "postgres://u:p@localhost/keel"),
+            ("RATE_LIMIT_SEARCH_PER_MINUTE", "0"),
+            ("RATE_LIMIT_ANONYMOUS_PER_MINUTE", "lots"),
+            ("RATE_LIMIT_TENANT_PER_MINUTE", "-5"),
+            ("RATE_LIMIT_WEBHOOK_PER_MINUTE", "1200"),
+        ]));
+        assert_eq!(
+            problem_variables(result),
+            vec![
+                "RATE_LIMIT_ANONYMOUS_PER_MINUTE",
+                "RATE_LIMIT_SEARCH_PER_MINUTE",
+                "RATE_LIMIT_TENANT_PER_MINUTE",
             ]
         );
     }

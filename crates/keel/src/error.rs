@@ -14,6 +14,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::json;
 
 use crate::db::{DbError, DbErrorClass};
+use crate::ratelimit::{Quota, Scope};
 
 /// Seconds a client should wait before retrying a dependency outage.
 pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
@@ -27,6 +28,8 @@ pub struct ApiError {
     message: Cow<'static, str>,
     retry_after: Option<u64>,
     allow: Option<String>,
+    /// Boxed: rare, and `Result<_, ApiError>` should stay small.
+    quota: Option<Box<Quota>>,
     cause: Option<anyhow::Error>,
 }
 
@@ -56,6 +59,7 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             allow: None,
+            quota: None,
             cause: None,
         }
     }
@@ -127,6 +131,24 @@ impl ApiError {
         error
     }
 
+    /// Over the quota of `scope`: retry once the oldest counted request
+    /// leaves the window.
+    pub fn rate_limited(scope: Scope, quota: Quota) -> Self {
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "rate limit exceeded: {} requests per minute on {} routes; retry in {} s",
+                quota.limit,
+                scope.as_str(),
+                quota.reset
+            ),
+        );
+        error.retry_after = Some(quota.reset);
+        error.quota = Some(Box::new(quota));
+        error
+    }
+
     pub fn maintenance() -> Self {
         let mut error = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -177,6 +199,9 @@ impl ApiError {
         }
         if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
             headers.insert(header::ALLOW, allow);
+        }
+        if let Some(quota) = &self.quota {
+            quota.insert_headers(headers);
         }
         response
     }

@@ -20,6 +20,7 @@ use crate::app::App;
 use crate::config::secret_matches;
 use crate::error::{ApiError, UNAVAILABLE_RETRY_AFTER_SECS};
 use crate::http::{ApiRequest, HandlerResult, json_response};
+use crate::ratelimit::{GateError, RateGate, Scope};
 
 pub async fn live(app: Arc<App>, _request: ApiRequest) -> HandlerResult {
     let config = &app.config;
@@ -65,17 +66,25 @@ async fn run_check(
     }
 }
 
-pub async fn ready(app: Arc<App>, _request: ApiRequest) -> HandlerResult {
+pub async fn ready(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     let timeout = app.config.ready_check_timeout;
-    let database = run_check("database", true, timeout, check_database(&app));
-    let embeddings = async {
-        match &app.config.embeddings {
-            // Search degrades to keyword mode without embeddings: not critical.
-            Some(_) => Some(run_check("embeddings", false, timeout, check_embeddings(&app)).await),
-            None => None,
-        }
+    // The database check goes first and through the caller's quota, so a
+    // refused probe costs no call to the embeddings provider.
+    let database = run_check(
+        "database",
+        true,
+        timeout,
+        check_database(&app, &request.rate_gate),
+    )
+    .await;
+    if let Some(quota) = request.rate_gate.quota().filter(|q| !q.allowed) {
+        return Err(ApiError::rate_limited(Scope::Anonymous, quota.clone()));
+    }
+    // Search degrades to keyword mode without embeddings: not critical.
+    let embeddings = match &app.config.embeddings {
+        Some(_) => Some(run_check("embeddings", false, timeout, check_embeddings(&app)).await),
+        None => None,
     };
-    let (database, embeddings) = tokio::join!(database, embeddings);
     let checks: Vec<Check> = std::iter::once(database).chain(embeddings).collect();
 
     let ready = checks.iter().all(|c| !c.critical || c.outcome.is_ok());
@@ -109,14 +118,16 @@ pub async fn ready(app: Arc<App>, _request: ApiRequest) -> HandlerResult {
     Ok(response)
 }
 
-async fn check_database(app: &App) -> Result<(), String> {
-    let probe: Value = app
-        .db
-        .call("keel_health", &json!({}))
+async fn check_database(app: &App, gate: &RateGate) -> Result<(), String> {
+    let probe: Value = gate
+        .call(&app.db, "keel_health", json!({}))
         .await
-        .map_err(|error| {
-            tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "database check");
-            error.summary()
+        .map_err(|error| match error {
+            GateError::Refused(..) => "rate limited".to_owned(),
+            GateError::Db(error) => {
+                tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "database check");
+                error.summary()
+            }
         })?;
     match probe.get("ok") {
         Some(Value::Bool(true)) => Ok(()),

@@ -18,6 +18,7 @@ use tracing::Instrument as _;
 
 use crate::app::App;
 use crate::error::ApiError;
+use crate::ratelimit::{RateGate, Scope};
 
 pub type HandlerResult = Result<Response<Bytes>, ApiError>;
 pub type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
@@ -32,6 +33,8 @@ pub struct Route {
     pub handler: Handler,
     /// Liveness must answer even in maintenance mode.
     pub exempt_from_maintenance: bool,
+    /// The quota requests to this route draw from (none: not limited).
+    pub rate_scope: Option<Scope>,
 }
 
 impl Route {
@@ -41,7 +44,13 @@ impl Route {
             methods,
             handler,
             exempt_from_maintenance: false,
+            rate_scope: None,
         }
+    }
+
+    pub const fn rate_limited(mut self, scope: Scope) -> Self {
+        self.rate_scope = Some(scope);
+        self
     }
 
     pub const fn exempt_from_maintenance(mut self) -> Self {
@@ -139,6 +148,8 @@ pub struct ApiRequest {
     pub params: Vec<(String, String)>,
     pub request_id: String,
     pub client_ip: Option<IpAddr>,
+    /// This request's quota; tenant calls and gated calls go through it.
+    pub rate_gate: Arc<RateGate>,
 }
 
 impl ApiRequest {
@@ -375,15 +386,24 @@ async fn dispatch(
     };
 
     let is_head = parts.method == Method::HEAD;
+    // The adapter's peer is the platform's own record of the caller (Lambda's
+    // request context, the local socket); on Vercel it is the proxy's headers.
+    let client_ip = peer.or_else(|| client_ip(&parts.headers));
+    let rate_gate = Arc::new(RateGate::new(
+        route.rate_scope,
+        &app.config.rate_limits,
+        client_ip,
+    ));
     let api_request = ApiRequest {
         method: parts.method,
         path,
         query: parts.uri.query().map(str::to_owned),
-        client_ip: client_ip(&parts.headers).or(peer),
+        client_ip,
         headers: parts.headers,
         body,
         params,
         request_id: request_id.to_owned(),
+        rate_gate: rate_gate.clone(),
     };
     // Run the handler as its own task so a panic becomes a 500 for this
     // request instead of taking down a warm instance serving others.
@@ -395,6 +415,9 @@ async fn dispatch(
         ))),
     };
     let mut response = outcome.unwrap_or_else(|error| error.into_response(request_id));
+    if let Some(quota) = rate_gate.quota() {
+        quota.insert_headers(response.headers_mut());
+    }
     if is_head {
         *response.body_mut() = Bytes::new();
     }
@@ -508,8 +531,17 @@ fn request_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
 }
 
-/// The client address as the platform's proxy reports it.
+/// The client address as Vercel's proxy reports it: `x-real-ip`, else the
+/// first `x-forwarded-for` entry (Vercel overwrites both, so clients cannot
+/// spoof them there; other platforms pass the peer instead).
 fn client_ip(headers: &HeaderMap) -> Option<IpAddr> {
+    if let Some(ip) = headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+    {
+        return Some(ip);
+    }
     let forwarded = headers.get("x-forwarded-for")?.to_str().ok()?;
     forwarded.split(',').next()?.trim().parse().ok()
 }
@@ -580,6 +612,7 @@ mod tests {
             params: Vec::new(),
             request_id: "r".to_owned(),
             client_ip: None,
+            rate_gate: Default::default(),
         }
     }
 

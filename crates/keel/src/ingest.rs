@@ -217,7 +217,7 @@ enum UpsertOutcome {
 
 /// `PUT /api/documents`.
 pub async fn upsert(app: Arc<App>, request: ApiRequest) -> HandlerResult {
-    let tenant = TenantRef::Key(auth::tenant_key_hash(&request)?);
+    let tenant = auth::tenant(&request)?;
     let body: UpsertRequest = request.json()?;
     validate(&body.documents, &app.config.ingest)?;
     let counts = upsert_documents(&app, &tenant, body.documents).await?;
@@ -234,9 +234,8 @@ pub async fn upsert_documents(
     let documents = Arc::new(documents);
     let model = EmbeddingModel::configured(&app.config);
     let ids: Vec<&str> = documents.iter().map(|d| d.id.as_str()).collect();
-    let stored: HashMap<String, String> = app
-        .db
-        .call("keel_document_hashes", &tenant.with(json!({"ids": ids})))
+    let stored: HashMap<String, String> = tenant
+        .call(&app.db, "keel_document_hashes", json!({"ids": ids}))
         .await?;
     let hashes: Vec<String> = documents.iter().map(DocumentInput::content_hash).collect();
     let mut to_chunk: HashSet<String> = documents
@@ -264,12 +263,12 @@ pub async fn upsert_documents(
                 })
             })
             .collect();
-        let args = tenant.with(json!({
+        let args = json!({
             "model": model.name,
             "dimensions": model.dimensions,
             "documents": payload,
-        }));
-        match app.db.call("keel_upsert_documents", &args).await? {
+        });
+        match tenant.call(&app.db, "keel_upsert_documents", args).await? {
             UpsertOutcome::Done(counts) => return Ok(counts),
             UpsertOutcome::NeedsChunks { needs_chunks } => to_chunk.extend(needs_chunks),
         }
@@ -311,15 +310,14 @@ struct DocumentPage {
 
 /// `GET /api/documents?limit=&cursor=`.
 pub async fn list(app: Arc<App>, request: ApiRequest) -> HandlerResult {
-    let key_hash = auth::tenant_key_hash(&request)?;
+    let tenant = auth::tenant(&request)?;
     let page = request.page(50, 200)?;
     let model = EmbeddingModel::configured(&app.config);
-    let result: DocumentPage = app
-        .db
+    let result: DocumentPage = tenant
         .call(
+            &app.db,
             "keel_list_documents",
-            &json!({
-                "key_hash": key_hash,
+            json!({
                 "limit": page.limit,
                 "cursor": page.cursor,
                 "model": model.name,
@@ -347,17 +345,16 @@ pub async fn documents(app: Arc<App>, request: ApiRequest) -> HandlerResult {
 
 /// `DELETE /api/documents/{id}`: the document, its chunks and their vectors.
 pub async fn delete(app: Arc<App>, request: ApiRequest) -> HandlerResult {
-    let tenant = TenantRef::Key(auth::tenant_key_hash(&request)?);
+    let tenant = auth::tenant(&request)?;
     let deleted = delete_document(&app, &tenant, request.param("id")).await?;
     Ok(json_response(StatusCode::OK, &deleted))
 }
 
 /// Deletes one document of a tenant; 404 (`P0002`) when it does not exist.
 pub async fn delete_document(app: &App, tenant: &TenantRef, id: &str) -> Result<Value, ApiError> {
-    Ok(app
-        .db
-        .call("keel_delete_document", &tenant.with(json!({"id": id})))
-        .await?)
+    tenant
+        .call(&app.db, "keel_delete_document", json!({"id": id}))
+        .await
 }
 
 #[cfg(test)]

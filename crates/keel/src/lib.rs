@@ -30,6 +30,7 @@ pub mod health;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod ratelimit;
 pub mod routes;
 pub mod runtime;
 pub mod search;

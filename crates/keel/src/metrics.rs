@@ -13,6 +13,7 @@ use crate::app::App;
 use crate::config::secret_matches;
 use crate::error::ApiError;
 use crate::http::{ApiRequest, HandlerResult};
+use crate::ratelimit::Scope;
 
 #[derive(Deserialize)]
 struct Snapshot {
@@ -210,6 +211,26 @@ fn families(app: &App, snapshot: &Snapshot) -> Vec<Family> {
         )
         .sample(vec![("outcome", "failed".into())], counter("tasks_failed"))
         .sample(vec![("outcome", "dead".into())], counter("tasks_dead")),
+        [
+            Scope::Search,
+            Scope::Tenant,
+            Scope::Anonymous,
+            Scope::Webhook,
+        ]
+        .into_iter()
+        .fold(
+            Family::new(
+                "keel_rate_limited_total",
+                "counter",
+                "Requests refused with 429, by quota scope.",
+            ),
+            |family, scope| {
+                family.sample(
+                    vec![("scope", scope.as_str().into())],
+                    counter(&format!("rate_limited_{}", scope.as_str())),
+                )
+            },
+        ),
     ]
 }
 

@@ -1,11 +1,18 @@
 //! Every route Keel serves, in one table. Each `api/<name>.rs` binary serves
 //! one entry; the dev server (`keel serve`) mounts them all on one port at the
 //! same paths and methods as on Vercel.
+//!
+//! Quotas (see `ratelimit`): tenant-key routes draw per tenant, and the
+//! unauthenticated routes that reach the database per client address.
+//! `/api/health` is not limited: it touches nothing and must answer anyone
+//! (liveness probes); admin, cron and metrics routes are secret-authenticated
+//! operators.
 
 use http::Method;
 
 use crate::embeddings::worker;
 use crate::http::Route;
+use crate::ratelimit::Scope;
 use crate::{health, ingest, metrics, search, tasks, tenants, webhooks};
 
 pub fn health() -> Route {
@@ -19,6 +26,7 @@ pub fn ready() -> Route {
     Route::new("/api/ready", &[Method::GET], |app, req| {
         Box::pin(health::ready(app, req))
     })
+    .rate_limited(Scope::Anonymous)
 }
 
 pub fn test_error() -> Route {
@@ -49,18 +57,21 @@ pub fn documents() -> Route {
     Route::new("/api/documents", &[Method::GET, Method::PUT], |app, req| {
         Box::pin(ingest::documents(app, req))
     })
+    .rate_limited(Scope::Tenant)
 }
 
 pub fn document() -> Route {
     Route::new("/api/documents/{id}", &[Method::DELETE], |app, req| {
         Box::pin(ingest::delete(app, req))
     })
+    .rate_limited(Scope::Tenant)
 }
 
 pub fn search() -> Route {
     Route::new("/api/search", &[Method::POST], |app, req| {
         Box::pin(search::search(app, req))
     })
+    .rate_limited(Scope::Search)
 }
 
 pub fn cron_embeddings() -> Route {
@@ -73,12 +84,14 @@ pub fn generate_embeddings() -> Route {
     Route::new("/api/embeddings/generate", &[Method::POST], |app, req| {
         Box::pin(worker::generate(app, req))
     })
+    .rate_limited(Scope::Tenant)
 }
 
 pub fn tasks() -> Route {
     Route::new("/api/tasks", &[Method::GET], |app, req| {
         Box::pin(tasks::list(app, req))
     })
+    .rate_limited(Scope::Tenant)
 }
 
 pub fn cron_tasks() -> Route {
@@ -97,12 +110,23 @@ pub fn webhook_endpoints() -> Route {
     Route::new("/api/webhooks/endpoints", &[Method::POST], |app, req| {
         Box::pin(webhooks::create_endpoint(app, req))
     })
+    .rate_limited(Scope::Tenant)
 }
 
 pub fn webhook_deliveries() -> Route {
     Route::new("/api/webhooks/deliveries", &[Method::GET], |app, req| {
         Box::pin(webhooks::list_deliveries(app, req))
     })
+    .rate_limited(Scope::Tenant)
+}
+
+pub fn webhook_secret() -> Route {
+    Route::new(
+        "/api/webhooks/endpoints/{id}/secret",
+        &[Method::POST],
+        |app, req| Box::pin(webhooks::rotate_secret(app, req)),
+    )
+    .rate_limited(Scope::Tenant)
 }
 
 /// Matched after the fixed `/api/webhooks/*` paths above.
@@ -110,6 +134,7 @@ pub fn webhook_intake() -> Route {
     Route::new("/api/webhooks/{id}", &[Method::POST], |app, req| {
         Box::pin(webhooks::receive(app, req))
     })
+    .rate_limited(Scope::Webhook)
 }
 
 pub fn metrics() -> Route {
@@ -135,6 +160,7 @@ pub fn all() -> Vec<Route> {
         cron_maintenance(),
         webhook_endpoints(),
         webhook_deliveries(),
+        webhook_secret(),
         webhook_intake(),
         metrics(),
     ]

@@ -119,7 +119,7 @@ fn query_hash(query: &str) -> String {
 
 pub async fn search(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     let started = Instant::now();
-    let key_hash = auth::tenant_key_hash(&request)?;
+    let tenant = auth::tenant(&request)?;
     let body: SearchRequest = request.json()?;
     let query = body.query.trim();
     if query.is_empty() || query.chars().count() > MAX_QUERY_CHARS {
@@ -159,7 +159,6 @@ pub async fn search(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     // At most: a model switch, then a cache miss, then the search itself.
     for _ in 0..4 {
         let mut args = json!({
-            "key_hash": key_hash,
             "mode": mode,
             "query": query,
             "top_k": body.top_k,
@@ -179,9 +178,8 @@ pub async fn search(app: Arc<App>, request: ApiRequest) -> HandlerResult {
                 args["cache_hit"] = json!(true);
             }
         }
-        match app
-            .db
-            .call::<_, SearchOutcome>("keel_search", &args)
+        match tenant
+            .call::<SearchOutcome>(&app.db, "keel_search", args)
             .await?
         {
             SearchOutcome::Results { results } => {

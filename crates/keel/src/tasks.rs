@@ -214,7 +214,7 @@ pub async fn maintenance(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     let settings = &app.config.tasks;
     // Reconciliation runs once per hour per endpoint, however often this is called.
     let window = time::OffsetDateTime::now_utc().unix_timestamp() / 3600;
-    let report: Value = app
+    let mut report: Value = app
         .db
         .call(
             "keel_maintenance",
@@ -225,6 +225,10 @@ pub async fn maintenance(app: Arc<App>, request: ApiRequest) -> HandlerResult {
             }),
         )
         .await?;
+    let pruned: Value = app.db.call("keel_prune_rate_limits", &json!({})).await?;
+    if let (Some(report), Some(pruned)) = (report.as_object_mut(), pruned.as_object()) {
+        report.extend(pruned.clone());
+    }
     tracing::info!(%report, "maintenance finished");
     Ok(json_response(StatusCode::OK, &report))
 }
@@ -239,7 +243,7 @@ struct TaskPage {
 
 /// `GET /api/tasks?status=&kind=&limit=&cursor=`: the caller's tasks, newest first.
 pub async fn list(app: Arc<App>, request: ApiRequest) -> HandlerResult {
-    let tenant = TenantRef::Key(auth::tenant_key_hash(&request)?);
+    let tenant = auth::tenant(&request)?;
     let page = request.page(50, 200)?;
     let status = request.query_param("status").filter(|s| !s.is_empty());
     if let Some(status) = &status
@@ -260,16 +264,16 @@ pub async fn list(app: Arc<App>, request: ApiRequest) -> HandlerResult {
             "is not a cursor returned by this API",
         ));
     }
-    let result: TaskPage = app
-        .db
+    let result: TaskPage = tenant
         .call(
+            &app.db,
             "keel_list_tasks",
-            &tenant.with(json!({
+            json!({
                 "status": status,
                 "kind": request.query_param("kind").filter(|k| !k.is_empty()),
                 "limit": page.limit,
                 "cursor": page.cursor,
-            })),
+            }),
         )
         .await?;
     Ok(json_response(

@@ -4,6 +4,10 @@
 //!   its `whsec_` secret once; the secret is stored AES-256-GCM encrypted with
 //!   `ENCRYPTION_KEY`, tagged with the key's id so keys can rotate
 //!   (`ENCRYPTION_KEYS_PREVIOUS` still decrypts older secrets).
+//! - `POST /api/webhooks/endpoints/{id}/secret` (tenant) rotates the secret:
+//!   the new one is shown once, and the previous one keeps verifying for a
+//!   grace period (default 24 h) so the sender can switch without losing
+//!   deliveries.
 //! - `POST /api/webhooks/{id}` verifies the Standard Webhooks signature
 //!   (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256
 //!   of id.timestamp.body>`, several signatures allowed during rotation) in
@@ -40,6 +44,7 @@ use crate::auth::{self, TenantRef};
 use crate::error::ApiError;
 use crate::http::{ApiRequest, HandlerResult, encode_cursor, json_response};
 use crate::ingest::{self, DocumentInput, UpsertRequest};
+use crate::ratelimit::RateGate;
 use crate::tasks::{Task, TaskError};
 
 /// Standard Webhooks' replay window.
@@ -48,6 +53,8 @@ const SECRET_PREFIX: &str = "whsec_";
 const PULL_TIMEOUT: Duration = Duration::from_secs(10);
 const PULL_MAX_BYTES: usize = 1024 * 1024;
 const PULL_MAX_REDIRECTS: usize = 3;
+const DEFAULT_ROTATION_GRACE_SECONDS: u32 = 24 * 3600;
+const MAX_ROTATION_GRACE_SECONDS: u32 = 7 * 24 * 3600;
 
 type HmacSha256 = Hmac<Sha256>;
 type EncryptionKey = secrecy::SecretBox<[u8; 32]>;
@@ -199,7 +206,7 @@ struct CreateEndpoint {
 
 /// `POST /api/webhooks/endpoints` `{"source","pull_url"}`.
 pub async fn create_endpoint(app: Arc<App>, request: ApiRequest) -> HandlerResult {
-    let tenant = TenantRef::Key(auth::tenant_key_hash(&request)?);
+    let tenant = auth::tenant(&request)?;
     let body: CreateEndpoint = request.json()?;
     let source_ok = (1..=64).contains(&body.source.len())
         && body
@@ -223,29 +230,19 @@ pub async fn create_endpoint(app: Arc<App>, request: ApiRequest) -> HandlerResul
             ));
         }
     }
-    let key = app.config.encryption_key.as_ref().ok_or_else(|| {
-        ApiError::unavailable(
-            "webhook endpoints need ENCRYPTION_KEY to be configured",
-            anyhow::anyhow!("ENCRYPTION_KEY is unset"),
-        )
-    })?;
-    let mut raw = [0u8; 24];
-    rand::rng().fill_bytes(&mut raw);
-    let secret = format!(
-        "{SECRET_PREFIX}{}",
-        base64::engine::general_purpose::STANDARD.encode(raw)
-    );
-    let created: Value = app
-        .db
+    let key = encryption_key(&app)?;
+    let secret = new_secret();
+    let created: Value = tenant
         .call(
+            &app.db,
             "keel_create_webhook_endpoint",
-            &tenant.with(json!({
+            json!({
                 "source": body.source,
                 "pull_url": body.pull_url,
                 "secret_ciphertext": encrypt(key, secret.as_bytes()),
                 "key_id": key_id(key),
                 "audit": request.audit(&auth::tenant_actor(&request)),
-            })),
+            }),
         )
         .await?;
     let id = created["id"].as_str().unwrap_or_default();
@@ -262,29 +259,123 @@ pub async fn create_endpoint(app: Arc<App>, request: ApiRequest) -> HandlerResul
     ))
 }
 
+fn encryption_key(app: &App) -> Result<&EncryptionKey, ApiError> {
+    app.config.encryption_key.as_deref().ok_or_else(|| {
+        ApiError::unavailable(
+            "webhook endpoints need ENCRYPTION_KEY to be configured",
+            anyhow::anyhow!("ENCRYPTION_KEY is unset"),
+        )
+    })
+}
+
+/// A Standard Webhooks secret: `whsec_` + base64 of 24 random bytes.
+fn new_secret() -> String {
+    let mut raw = [0u8; 24];
+    rand::rng().fill_bytes(&mut raw);
+    format!(
+        "{SECRET_PREFIX}{}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateSecret {
+    #[serde(default = "default_rotation_grace")]
+    grace_period_seconds: u32,
+}
+
+fn default_rotation_grace() -> u32 {
+    DEFAULT_ROTATION_GRACE_SECONDS
+}
+
+/// `POST /api/webhooks/endpoints/{id}/secret` `{"grace_period_seconds"}`
+/// (optional body): a new signing secret, shown once.
+pub async fn rotate_secret(app: Arc<App>, request: ApiRequest) -> HandlerResult {
+    let tenant = auth::tenant(&request)?;
+    let id = request.param("id");
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(ApiError::not_found("no webhook endpoint with this id"));
+    }
+    let body = if request.body.is_empty() {
+        RotateSecret {
+            grace_period_seconds: DEFAULT_ROTATION_GRACE_SECONDS,
+        }
+    } else {
+        request.json()?
+    };
+    if body.grace_period_seconds > MAX_ROTATION_GRACE_SECONDS {
+        return Err(ApiError::invalid_field(
+            "grace_period_seconds",
+            &format!("must be between 0 and {MAX_ROTATION_GRACE_SECONDS} (7 days)"),
+        ));
+    }
+    let key = encryption_key(&app)?;
+    let secret = new_secret();
+    let rotated: Value = tenant
+        .call(
+            &app.db,
+            "keel_rotate_webhook_secret",
+            json!({
+                "id": id,
+                "secret_ciphertext": encrypt(key, secret.as_bytes()),
+                "key_id": key_id(key),
+                "grace_seconds": body.grace_period_seconds,
+                "audit": request.audit(&auth::tenant_actor(&request)),
+            }),
+        )
+        .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "id": rotated["id"],
+            "secret": secret,
+            "rotated_at": rotated["rotated_at"],
+            "previous_secret_expires_at": rotated["previous_secret_expires_at"],
+        }),
+    ))
+}
+
 #[derive(Deserialize)]
 struct EndpointRecord {
     id: String,
     tenant_id: String,
     secret_ciphertext: String,
     key_id: String,
+    /// Set while a rotated-out secret is within its grace period.
+    previous_secret_ciphertext: Option<String>,
+    previous_key_id: Option<String>,
     pull_url: Option<String>,
 }
 
-async fn load_endpoint(app: &App, id: &str) -> Result<EndpointRecord, ApiError> {
+/// The endpoint `id`; through `gate`, so intake is charged to the caller's address.
+async fn load_endpoint(app: &App, gate: &RateGate, id: &str) -> Result<EndpointRecord, ApiError> {
     if uuid::Uuid::parse_str(id).is_err() {
         return Err(ApiError::not_found("no webhook endpoint with this id"));
     }
-    Ok(app
-        .db
-        .call("keel_webhook_endpoint", &json!({"id": id}))
+    Ok(gate
+        .call(&app.db, "keel_webhook_endpoint", json!({"id": id}))
         .await?)
 }
 
-fn endpoint_secret(app: &App, endpoint: &EndpointRecord) -> Result<String, ApiError> {
-    let bytes = decrypt(app, &endpoint.key_id, &endpoint.secret_ciphertext)
-        .map_err(|e| ApiError::internal(e.context(format!("endpoint {}", endpoint.id))))?;
-    String::from_utf8(bytes).map_err(|e| ApiError::internal(e.into()))
+/// The secrets a delivery may be signed with: the current one, then the
+/// previous one during its grace period.
+fn endpoint_secrets(app: &App, endpoint: &EndpointRecord) -> Result<Vec<String>, ApiError> {
+    let previous = endpoint
+        .previous_key_id
+        .as_deref()
+        .zip(endpoint.previous_secret_ciphertext.as_deref());
+    std::iter::once((
+        endpoint.key_id.as_str(),
+        endpoint.secret_ciphertext.as_str(),
+    ))
+    .chain(previous)
+    .map(|(key_id, ciphertext)| {
+        let bytes = decrypt(app, key_id, ciphertext)
+            .map_err(|e| ApiError::internal(e.context(format!("endpoint {}", endpoint.id))))?;
+        String::from_utf8(bytes).map_err(|e| ApiError::internal(e.into()))
+    })
+    .collect()
 }
 
 // Intake -------------------------------------------------------------------------------
@@ -305,7 +396,7 @@ struct Accepted {
 
 /// `POST /api/webhooks/{id}`.
 pub async fn receive(app: Arc<App>, request: ApiRequest) -> HandlerResult {
-    let endpoint = load_endpoint(&app, request.param("id")).await?;
+    let endpoint = load_endpoint(&app, &request.rate_gate, request.param("id")).await?;
     match verified_event(&app, &endpoint, &request) {
         Ok((webhook_id, event_type, payload)) => {
             let accepted: Accepted = app
@@ -355,16 +446,22 @@ fn verified_event(
     }
     let timestamp = header(request, "webhook-timestamp")?;
     let signatures = header(request, "webhook-signature")?;
-    let secret = endpoint_secret(app, endpoint)?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    verify(
-        &secret,
-        webhook_id,
-        timestamp,
-        signatures,
-        &request.body,
-        now,
-    )?;
+    let mut verdict = Err(Rejection::Forged);
+    for secret in endpoint_secrets(app, endpoint)? {
+        verdict = verify(
+            &secret,
+            webhook_id,
+            timestamp,
+            signatures,
+            &request.body,
+            now,
+        );
+        if !matches!(verdict, Err(Rejection::Forged)) {
+            break;
+        }
+    }
+    verdict?;
     let payload: Value = serde_json::from_slice(&request.body).map_err(|e| {
         ApiError::bad_request("invalid_payload", format!("the body is not JSON: {e}"))
     })?;
@@ -392,7 +489,7 @@ struct DeliveryPage {
 
 /// `GET /api/webhooks/deliveries?limit=&cursor=`, oldest first.
 pub async fn list_deliveries(app: Arc<App>, request: ApiRequest) -> HandlerResult {
-    let tenant = TenantRef::Key(auth::tenant_key_hash(&request)?);
+    let tenant = auth::tenant(&request)?;
     let page = request.page(50, 200)?;
     if page
         .cursor
@@ -404,11 +501,11 @@ pub async fn list_deliveries(app: Arc<App>, request: ApiRequest) -> HandlerResul
             "is not a cursor returned by this API",
         ));
     }
-    let result: DeliveryPage = app
-        .db
+    let result: DeliveryPage = tenant
         .call(
+            &app.db,
             "keel_list_webhook_deliveries",
-            &tenant.with(json!({"limit": page.limit, "cursor": page.cursor})),
+            json!({"limit": page.limit, "cursor": page.cursor}),
         )
         .await?;
     Ok(json_response(
@@ -626,7 +723,7 @@ pub async fn reconcile(app: Arc<App>, task: Task) -> Result<(), TaskError> {
     let endpoint_id = task.payload["endpoint_id"]
         .as_str()
         .ok_or_else(|| permanent("payload", "missing endpoint_id"))?;
-    let endpoint = load_endpoint(&app, endpoint_id).await?;
+    let endpoint = load_endpoint(&app, &RateGate::default(), endpoint_id).await?;
     if Some(endpoint.tenant_id.as_str()) != task.tenant_id.as_deref() {
         return Err(permanent(
             "payload",

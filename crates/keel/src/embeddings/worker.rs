@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{Embedder, EmbeddingModel};
 use crate::app::App;
-use crate::auth;
+use crate::auth::{self, TenantRef};
 use crate::error::ApiError;
 use crate::http::{ApiRequest, HandlerResult, json_response};
 
@@ -50,12 +51,25 @@ pub struct RunReport {
     pub provider_requests: u64,
 }
 
+/// Calls `function` for `tenant` (charging its quota) or across tenants.
+async fn call<R: DeserializeOwned>(
+    app: &App,
+    tenant: Option<&TenantRef>,
+    function: &'static str,
+    args: Value,
+) -> Result<R, ApiError> {
+    match tenant {
+        Some(tenant) => tenant.call(&app.db, function, args).await,
+        None => Ok(app.db.call(function, &args).await?),
+    }
+}
+
 /// Embeds due jobs until none are left or `budget` would be exceeded.
-/// `tenant_key_hash` restricts the run to one tenant's jobs.
+/// `tenant` restricts the run to one tenant's jobs.
 pub async fn run(
     app: &App,
     embedder: &Embedder,
-    tenant_key_hash: Option<&str>,
+    tenant: Option<&TenantRef>,
     budget: Duration,
 ) -> Result<RunReport, ApiError> {
     let started = Instant::now();
@@ -71,19 +85,18 @@ pub async fn run(
             break;
         }
         let batch_started = Instant::now();
-        let claim: Claim = app
-            .db
-            .call(
-                "keel_claim_embedding_jobs",
-                &json!({
-                    "model": model.name,
-                    "dimensions": model.dimensions,
-                    "limit": settings.batch_size,
-                    "lease_seconds": settings.lease.as_secs(),
-                    "key_hash": tenant_key_hash,
-                }),
-            )
-            .await?;
+        let claim: Claim = call(
+            app,
+            tenant,
+            "keel_claim_embedding_jobs",
+            json!({
+                "model": model.name,
+                "dimensions": model.dimensions,
+                "limit": settings.batch_size,
+                "lease_seconds": settings.lease.as_secs(),
+            }),
+        )
+        .await?;
         if claim.jobs.is_empty() {
             break;
         }
@@ -113,22 +126,21 @@ pub async fn run(
                 )
             }
         };
-        let completion: Completion = app
-            .db
-            .call(
-                "keel_complete_embedding_jobs",
-                &json!({
-                    "model": model.name,
-                    "dimensions": model.dimensions,
-                    "lease_token": claim.lease_token,
-                    "embedded": embedded,
-                    "failed": failed,
-                    "max_attempts": settings.max_attempts,
-                    "retry_base_seconds": settings.retry_base.as_secs_f64(),
-                    "key_hash": tenant_key_hash,
-                }),
-            )
-            .await?;
+        let completion: Completion = call(
+            app,
+            tenant,
+            "keel_complete_embedding_jobs",
+            json!({
+                "model": model.name,
+                "dimensions": model.dimensions,
+                "lease_token": claim.lease_token,
+                "embedded": embedded,
+                "failed": failed,
+                "max_attempts": settings.max_attempts,
+                "retry_base_seconds": settings.retry_base.as_secs_f64(),
+            }),
+        )
+        .await?;
         report.embedded += completion.stored;
         report.retrying += completion.retrying;
         report.failed += completion.failed;
@@ -171,12 +183,12 @@ pub async fn cron(app: Arc<App>, request: ApiRequest) -> HandlerResult {
 
 /// `POST /api/embeddings/generate`: the caller's own backlog, on demand.
 pub async fn generate(app: Arc<App>, request: ApiRequest) -> HandlerResult {
-    let key_hash = auth::tenant_key_hash(&request)?;
+    let tenant = auth::tenant(&request)?;
     let started = Instant::now();
     let report = run(
         &app,
         embedder(&app)?,
-        Some(&key_hash),
+        Some(&tenant),
         app.config.cron_time_budget,
     )
     .await?;

@@ -1,0 +1,211 @@
+//! Quotas: per tenant on tenant-key routes, per client address on
+//! unauthenticated ones; 429 with `Retry-After` and `RateLimit-*` headers.
+
+use reqwest::Response;
+use serde_json::{Value, json};
+
+use crate::helpers::{ADMIN_KEY, TestApp, client_from, error_body, spawn_app_with};
+
+fn header(response: &Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("missing {name}"))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn seconds(response: &Response, name: &str) -> u64 {
+    header(response, name).parse().expect("whole seconds")
+}
+
+async fn app_with_quota(variable: &'static str, per_minute: u32) -> TestApp {
+    spawn_app_with(|_, vars| {
+        vars.insert(variable.into(), per_minute.to_string());
+    })
+    .await
+}
+
+async fn keyword_search(app: &TestApp, key: &str) -> Response {
+    app.search(key, json!({"query": "vegan pizza", "mode": "keyword"}))
+        .await
+}
+
+#[tokio::test]
+async fn searches_over_the_tenant_quota_get_429_with_retry_after_and_ratelimit_headers() {
+    let app = app_with_quota("RATE_LIMIT_SEARCH_PER_MINUTE", 3).await;
+    let key = app.create_tenant("shop").await;
+
+    for remaining in [2, 1, 0] {
+        let response = keyword_search(&app, &key).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "ratelimit-limit"), "3");
+        assert_eq!(
+            header(&response, "ratelimit-remaining"),
+            remaining.to_string()
+        );
+        assert_eq!(header(&response, "ratelimit-policy"), "3;w=60");
+        assert!((1..=60).contains(&seconds(&response, "ratelimit-reset")));
+    }
+    let refused = keyword_search(&app, &key).await;
+
+    assert_eq!(refused.status(), 429);
+    let retry_after = seconds(&refused, "retry-after");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(seconds(&refused, "ratelimit-reset"), retry_after);
+    assert_eq!(header(&refused, "ratelimit-remaining"), "0");
+    assert_eq!(header(&refused, "ratelimit-limit"), "3");
+    let error = error_body(refused).await;
+    assert_eq!(error["code"], "rate_limited");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("3 requests per minute") && message.contains("search"),
+        "{message}"
+    );
+    assert_eq!(
+        app.count("select coalesce(sum(value), 0)::bigint from keel.counters where name = 'rate_limited_search'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn one_tenant_using_up_its_quota_leaves_other_tenants_theirs_and_its_keys_share_one() {
+    let app = app_with_quota("RATE_LIMIT_SEARCH_PER_MINUTE", 2).await;
+    let shop = app.create_tenant("shop").await;
+    let clinic = app.create_tenant("clinic").await;
+    let rotated: Value = app
+        .post_json("/api/tenants/shop/keys", ADMIN_KEY, &json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let second_shop_key = rotated["api_key"].as_str().unwrap();
+
+    assert_eq!(keyword_search(&app, &shop).await.status(), 200);
+    assert_eq!(keyword_search(&app, second_shop_key).await.status(), 200);
+
+    assert_eq!(
+        keyword_search(&app, &shop).await.status(),
+        429,
+        "the first key draws from the same tenant quota"
+    );
+    assert_eq!(keyword_search(&app, second_shop_key).await.status(), 429);
+    let other = keyword_search(&app, &clinic).await;
+    assert_eq!(other.status(), 200);
+    assert_eq!(header(&other, "ratelimit-remaining"), "1");
+}
+
+#[tokio::test]
+async fn a_refused_request_writes_nothing() {
+    let app = app_with_quota("RATE_LIMIT_TENANT_PER_MINUTE", 1).await;
+    let key = app.create_tenant("shop").await;
+    let document = |id: &str| json!([{"id": id, "title": "Menu", "content": "Margherita pizza."}]);
+
+    assert_eq!(
+        app.put_documents(&key, document("menu")).await.status(),
+        200
+    );
+    let refused = app.put_documents(&key, document("hours")).await;
+
+    assert_eq!(refused.status(), 429);
+    assert_eq!(
+        app.count("select count(*) from keel.documents").await,
+        1,
+        "the refused document was not stored"
+    );
+}
+
+#[tokio::test]
+async fn quota_returns_once_counted_requests_leave_the_one_minute_window() {
+    let app = app_with_quota("RATE_LIMIT_SEARCH_PER_MINUTE", 1).await;
+    let key = app.create_tenant("shop").await;
+    assert_eq!(keyword_search(&app, &key).await.status(), 200);
+    assert_eq!(keyword_search(&app, &key).await.status(), 429);
+
+    // Age the counted request past the window instead of sleeping a minute.
+    app.db
+        .connect()
+        .await
+        .execute(
+            "update keel.rate_limit_hits set at = at - interval '61 seconds'",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let response = keyword_search(&app, &key).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "ratelimit-remaining"), "0");
+}
+
+#[tokio::test]
+async fn unauthenticated_routes_are_limited_per_client_address() {
+    let app = app_with_quota("RATE_LIMIT_ANONYMOUS_PER_MINUTE", 2).await;
+    let first = client_from("127.0.0.2");
+    let second = client_from("127.0.0.3");
+    let ready = |client: &reqwest::Client| client.get(app.url("/api/ready")).send();
+
+    assert_eq!(ready(&first).await.unwrap().status(), 200);
+    assert_eq!(ready(&first).await.unwrap().status(), 200);
+    let refused = ready(&first).await.unwrap();
+
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(error_body(refused).await["code"], "rate_limited");
+    let other = ready(&second).await.unwrap();
+    assert_eq!(other.status(), 200, "another address has its own quota");
+    assert_eq!(header(&other, "ratelimit-remaining"), "1");
+    assert!(
+        app.get("/api/health").await.status().is_success(),
+        "liveness is never limited"
+    );
+}
+
+#[tokio::test]
+async fn webhook_intake_is_limited_per_sender_address_and_refusals_store_nothing() {
+    let app = app_with_quota("RATE_LIMIT_WEBHOOK_PER_MINUTE", 1).await;
+    let key = app.create_tenant("shop").await;
+    let (endpoint, secret) = app
+        .create_webhook_endpoint(&key, json!({"source": "shopify"}))
+        .await;
+    let event = json!({"type": "order.created", "data": {"id": 1}});
+
+    assert_eq!(
+        app.deliver(&endpoint, &secret, "msg_1", &event)
+            .await
+            .status(),
+        200
+    );
+    let refused = app.deliver(&endpoint, &secret, "msg_2", &event).await;
+
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.count("select coalesce(sum(value), 0)::bigint from keel.counters where name = 'rate_limited_webhook'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn admin_cron_and_bad_credentials_do_not_draw_from_tenant_quotas() {
+    let app = app_with_quota("RATE_LIMIT_SEARCH_PER_MINUTE", 1).await;
+    let key = app.create_tenant("shop").await;
+    let forged = format!("keel_{}", "A".repeat(43));
+
+    for _ in 0..3 {
+        assert_eq!(keyword_search(&app, &forged).await.status(), 401);
+        app.run_cron("/api/cron/tasks").await;
+    }
+    let response = keyword_search(&app, &key).await;
+
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "ratelimit-remaining"), "0");
+}
