@@ -2,8 +2,11 @@
 # under a git-ignored folder, listening on loopback only.
 #   pg_cluster_start DATA_DIR PORT [fast]   starts it (initialising on first use)
 #   pg_cluster_stop DATA_DIR                stops it
-#   pg_cluster_url DATA_DIR PORT DB         prints a connection URL
+#   pg_cluster_url DATA_DIR PORT DB         prints a connection URL (plain TCP)
 # As root, the server runs as the `postgres` system user (initdb refuses root).
+# The cluster also accepts TLS with a certificate for localhost/127.0.0.1
+# signed by a CA of its own (DATA_DIR.ca.crt), as Supabase's databases are:
+# the tests prove Keel verifies such a certificate against DATABASE_CA_CERT.
 
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 
@@ -17,7 +20,28 @@ pg_as_owner() {
 
 pg_cluster_url() {
   local data_dir=$1 port=$2 db=$3
-  printf 'postgres://postgres:%s@127.0.0.1:%s/%s' "$(cat "$data_dir.password")" "$port" "$db"
+  printf 'postgres://postgres:%s@127.0.0.1:%s/%s?sslmode=disable' "$(cat "$data_dir.password")" "$port" "$db"
+}
+
+# A private CA (DATA_DIR.ca.crt) and a server certificate it signed.
+pg_cluster_tls() {
+  local data_dir=$1 work
+  work=$(mktemp -d)
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+    -subj "/CN=keel local database CA" -keyout "$work/ca.key" -out "$data_dir.ca.crt" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+    -keyout "$data_dir/server.key" -out "$work/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$work/ext"
+  openssl x509 -req -in "$work/server.csr" -CA "$data_dir.ca.crt" -CAkey "$work/ca.key" \
+    -CAcreateserial -days 3650 -extfile "$work/ext" -out "$data_dir/server.crt" 2>/dev/null
+  rm -rf "$work"
+  chmod 600 "$data_dir/server.key"
+  if [ "$(id -u)" -eq 0 ]; then chown postgres "$data_dir/server.key" "$data_dir/server.crt"; fi
+  {
+    echo "ssl = on"
+    echo "ssl_cert_file = 'server.crt'"
+    echo "ssl_key_file = 'server.key'"
+  } >>"$data_dir/postgresql.conf"
 }
 
 pg_cluster_start() {
@@ -49,6 +73,7 @@ pg_cluster_start() {
         echo "full_page_writes = off"
       fi
     } >>"$data_dir/postgresql.conf"
+    pg_cluster_tls "$data_dir"
   fi
   if ! pg_as_owner "$PG_BIN/pg_ctl" -D "$data_dir" status >/dev/null 2>&1; then
     pg_as_owner "$PG_BIN/pg_ctl" -D "$data_dir" -l "$data_dir/server.log" -w -t 30 start >/dev/null

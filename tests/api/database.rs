@@ -1,6 +1,6 @@
 use keel::db::migrate::{self, MigrateError};
 
-use crate::helpers::{TestDatabase, migrations, repo_root};
+use crate::helpers::{TestDatabase, base_vars, migrations, repo_root, spawn_app_on};
 
 #[tokio::test]
 async fn anon_and_authenticated_can_neither_read_tables_nor_execute_functions() {
@@ -217,4 +217,53 @@ async fn migration_files_are_loaded_in_version_order() {
     sorted.dedup();
     assert_eq!(versions, sorted);
     assert_eq!(versions[0], 1);
+}
+
+/// The test cluster's TLS certificate is signed by a CA of its own, as
+/// Supabase's databases are (scripts/lib/postgres.sh).
+fn test_cluster_ca() -> String {
+    let path = std::env::var("KEEL_TEST_DATABASE_CA_CERT")
+        .expect("KEEL_TEST_DATABASE_CA_CERT is not set: run the suite with scripts/test");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+}
+
+/// `db`'s URL asking for TLS the way Supabase documents it.
+fn verify_full_url(db: &TestDatabase) -> String {
+    let url = db.url.replace("sslmode=disable", "sslmode=verify-full");
+    assert_ne!(url, db.url, "test URLs name their sslmode");
+    url
+}
+
+#[tokio::test]
+async fn the_database_certificate_is_verified_against_database_ca_cert() {
+    let db = TestDatabase::migrated().await;
+    let mut vars = base_vars(&db);
+    vars.insert("DATABASE_URL".into(), verify_full_url(&db));
+    vars.insert("DATABASE_CA_CERT".into(), test_cluster_ca());
+    let app = spawn_app_on(db, vars).await;
+
+    assert_eq!(app.get("/api/ready").await.status(), 200);
+    app.create_tenant("shop").await;
+
+    let encrypted = app
+        .count(
+            "select count(*) from pg_stat_ssl s join pg_stat_activity a using (pid)
+             where a.application_name = 'keel' and s.ssl",
+        )
+        .await;
+    assert!(encrypted >= 1, "Keel's connections use TLS");
+}
+
+#[tokio::test]
+async fn a_database_certificate_from_an_untrusted_ca_is_refused() {
+    let db = TestDatabase::migrated().await;
+    let mut vars = base_vars(&db);
+    vars.insert("DATABASE_URL".into(), verify_full_url(&db));
+    let app = spawn_app_on(db, vars).await;
+
+    let response = app.get("/api/ready").await;
+
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["checks"]["database"]["error"], "unreachable");
 }

@@ -56,6 +56,18 @@ fn run_migrate(dir: Option<PathBuf>) -> ExitCode {
         eprintln!("DATABASE_URL: required by `keel migrate` (the Postgres the migrations go to)");
         return ExitCode::FAILURE;
     };
+    // The same TLS rules as the functions: DATABASE_CA_CERT trusted, verify-* accepted.
+    let database_url = keel::config::normalise_sslmode(&database_url);
+    let tls = match std::env::var("DATABASE_CA_CERT").ok().filter(|v| !v.trim().is_empty()) {
+        None => keel::app::tls_config(),
+        Some(raw) => match keel::config::parse_ca_certs(&raw) {
+            Ok(certs) => keel::app::tls_config_trusting(&certs),
+            Err(problem) => {
+                eprintln!("DATABASE_CA_CERT: {problem}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let dir = dir.unwrap_or_else(|| PathBuf::from("migrations"));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -63,7 +75,7 @@ fn run_migrate(dir: Option<PathBuf>) -> ExitCode {
         .expect("a current-thread runtime always builds");
     let result = runtime.block_on(async {
         let migrations = migrate::load_dir(&dir)?;
-        let mut client = migrate::connect(&database_url, keel::app::tls_config()).await?;
+        let mut client = migrate::connect(&database_url, tls).await?;
         migrate::run(&mut client, &migrations).await
     });
     match result {

@@ -5,6 +5,7 @@
 use std::sync::{Arc, OnceLock};
 
 use anyhow::Context as _;
+use rustls::pki_types::CertificateDer;
 
 use crate::config::Config;
 use crate::db::Db;
@@ -31,8 +32,7 @@ impl App {
             .pool_idle_timeout(std::time::Duration::from_secs(50))
             .build()
             .context("building the HTTP client")?;
-        let db =
-            Db::from_config(&config, &http, tls).context("setting up the database transport")?;
+        let db = Db::from_config(&config, &http).context("setting up the database transport")?;
         let embedder = Embedder::from_config(&config, &http);
         let query_cache = QueryCache::new(config.search.lru_size);
         Ok(Arc::new(Self {
@@ -52,14 +52,25 @@ impl App {
     }
 }
 
-/// One rustls configuration for every outbound connection (HTTP and
-/// Postgres), trusting the Mozilla roots compiled into the binary so it works
-/// the same on Vercel, Lambda and a bare container.
+/// The rustls configuration for outbound HTTPS, trusting the Mozilla roots
+/// compiled into the binary so it works the same on Vercel, Lambda and a bare
+/// container.
 pub fn tls_config() -> Arc<rustls::ClientConfig> {
+    tls_config_trusting(&[])
+}
+
+/// [`tls_config`] that also trusts `extra_roots`: Postgres connections trust
+/// `DATABASE_CA_CERT` too (Supabase signs its database certificates with its
+/// own CA, which no public root store holds). Certificates are always
+/// verified, host name included.
+pub fn tls_config_trusting(extra_roots: &[CertificateDer<'static>]) -> Arc<rustls::ClientConfig> {
     // Also the process default, for clients built elsewhere (Sentry, tests).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let mut roots =
+        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    // Parsed and checked when the configuration was read.
+    roots.add_parsable_certificates(extra_roots.iter().cloned());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")

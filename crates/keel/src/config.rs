@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
 use secrecy::{ExposeSecret, SecretBox, SecretString};
 use url::Url;
 
@@ -44,7 +46,13 @@ impl Environment {
 #[derive(Debug, Clone)]
 pub enum DatabaseConfig {
     /// Direct Postgres (local, CI, self-hosted, Supavisor in transaction mode).
-    Postgres { url: SecretString, pool_size: usize },
+    Postgres {
+        url: SecretString,
+        pool_size: usize,
+        /// `DATABASE_CA_CERT`: CAs trusted for the database's certificate
+        /// besides the public roots.
+        ca_certs: Vec<CertificateDer<'static>>,
+    },
     /// Supabase's PostgREST: `POST {url}/rest/v1/rpc/<fn>`.
     PostgRest { url: Url, service_key: SecretString },
 }
@@ -402,7 +410,15 @@ impl<'a> Vars<'a> {
         if pool_size == 0 {
             self.problem("DB_POOL_SIZE", "must be at least 1");
         }
-        let postgres = self.optional("DATABASE_URL").map(str::to_owned);
+        let postgres = self.optional("DATABASE_URL").map(normalise_sslmode);
+        let ca_certs = match self.optional("DATABASE_CA_CERT").map(parse_ca_certs) {
+            None => Vec::new(),
+            Some(Ok(certs)) => certs,
+            Some(Err(message)) => {
+                self.problem("DATABASE_CA_CERT", message);
+                Vec::new()
+            }
+        };
         if let Some(url) = &postgres
             && url.parse::<tokio_postgres::Config>().is_err()
         {
@@ -444,6 +460,7 @@ impl<'a> Vars<'a> {
         let postgres = postgres.map(|url| DatabaseConfig::Postgres {
             url: SecretString::from(url),
             pool_size: pool_size.max(1),
+            ca_certs,
         });
 
         let transport = self.optional("DB_TRANSPORT").unwrap_or("auto").to_owned();
@@ -692,6 +709,32 @@ impl<'a> Vars<'a> {
 
 /// Accepts a legacy `service_role` JWT or a new `sb_secret_` key, and refuses
 /// the anon/publishable keys that would silently fail every call.
+/// libpq's `sslmode=verify-ca` and `verify-full` (which Supabase documents)
+/// become `require`, the strongest mode tokio-postgres parses: Keel's TLS
+/// always verifies the certificate chain and the host name, so `require`
+/// here is at least as strict as `verify-full`.
+pub fn normalise_sslmode(url: &str) -> String {
+    url.replace("sslmode=verify-full", "sslmode=require")
+        .replace("sslmode=verify-ca", "sslmode=require")
+}
+
+/// `DATABASE_CA_CERT`: one or more PEM certificates. Newlines may be written
+/// as `\n`, for platforms whose variables are single lines.
+pub fn parse_ca_certs(raw: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = raw.replace("\\n", "\n");
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("is not PEM certificate text: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    match roots.add_parsable_certificates(certs.iter().cloned()) {
+        (0, _) => Err(
+            "holds no usable certificate (expected -----BEGIN CERTIFICATE----- blocks)".to_owned(),
+        ),
+        (_, 0) => Ok(certs),
+        (_, bad) => Err(format!("{bad} of its certificates cannot be parsed")),
+    }
+}
+
 fn check_service_key(key: &str) -> Result<(), String> {
     if key.starts_with("sb_secret_") {
         return Ok(());
@@ -831,6 +874,56 @@ mod tests {
                 "RATE_LIMIT_TENANT_PER_MINUTE",
             ]
         );
+    }
+
+    /// A self-signed CA: `openssl req -x509 -newkey ec -pkeyopt
+    /// ec_paramgen_curve:P-256 -nodes -subj /CN=keel-tests`.
+    const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBfjCCASWgAwIBAgIULZFzRnunzTxgsYylQYa1qJVyfQIwCgYIKoZIzj0EAwIw\nFTETMBEGA1UEAwwKa2VlbC10ZXN0czAeFw0yNjExMjEyMzMyNDFaFw0zNjExMTgy\nMzMyNDFaMBUxEzARBgNVBAMMCmtlZWwtdGVzdHMwWTATBgcqhkjOPQIBBggqhkjO\nPQMBBwNCAASW7yzoda+yoIlB8ucdj8vFRtddaccjcY93JFhwgIklRx0R/j717NzE\ngSvFeBuxsOQgsyHuMPWjOJR0cZd3jnsbo1MwUTAdBgNVHQ4EFgQUZURx/5VvY9+D\nlBWeM8dKuYbKxRgwHwYDVR0jBBgwFoAUZURx/5VvY9+DlBWeM8dKuYbKxRgwDwYD\nVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNHADBEAiBopAhD+Q7+eFFIgYeFGnE8\ngAudXdR4mA0/B48Rnx0ZcAIgDvmwdOwZWYUzuBJR1tuei/4TNdqjZpcww9g7vxK9\nUXk=\n-----END CERTIFICATE-----";
+
+    #[test]
+    fn database_ca_cert_accepts_pem_even_with_escaped_newlines_and_names_bad_values() {
+        let with_ca = |value: &str| {
+            Config::from_vars(&vars(&[
+                (
+                    "DATABASE_URL",
+                    "postgres://u:p@db.example.supabase.co:5432/postgres",
+                ),
+                ("DATABASE_CA_CERT", value),
+            ]))
+        };
+        let ca_count = |config: Config| match config.database {
+            DatabaseConfig::Postgres { ca_certs, .. } => ca_certs.len(),
+            DatabaseConfig::PostgRest { .. } => panic!("expected direct Postgres"),
+        };
+        assert_eq!(ca_count(with_ca(CA_PEM).expect("PEM")), 1);
+        let one_line = CA_PEM.replace('\n', "\\n");
+        assert_eq!(ca_count(with_ca(&one_line).expect("escaped newlines")), 1);
+        for (bad, reason) in [
+            ("not a certificate", "no PEM block"),
+            (
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                "not DER",
+            ),
+        ] {
+            assert_eq!(
+                problem_variables(with_ca(bad)),
+                vec!["DATABASE_CA_CERT"],
+                "{reason}"
+            );
+        }
+    }
+
+    #[test]
+    fn libpq_verify_modes_become_the_always_verifying_require() {
+        let config = Config::from_vars(&vars(&[(
+            "DATABASE_URL",
+            "postgres://u:p@db.example.supabase.co:5432/postgres?sslmode=verify-full",
+        )]))
+        .expect("verify-full is accepted");
+        let DatabaseConfig::Postgres { url, .. } = config.database else {
+            panic!("expected direct Postgres");
+        };
+        assert!(url.expose_secret().ends_with("?sslmode=require"));
     }
 
     #[test]

@@ -12,8 +12,6 @@ pub mod migrate;
 pub mod postgres;
 pub mod postgrest;
 
-use std::sync::Arc;
-
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -29,15 +27,18 @@ pub enum Db {
 }
 
 impl Db {
-    pub fn from_config(
-        config: &Config,
-        http: &reqwest::Client,
-        tls: Arc<rustls::ClientConfig>,
-    ) -> anyhow::Result<Self> {
+    pub fn from_config(config: &Config, http: &reqwest::Client) -> anyhow::Result<Self> {
         Ok(match &config.database {
-            DatabaseConfig::Postgres { url, pool_size } => Db::Postgres(
-                postgres::PgTransport::new(url, *pool_size, config.db_timeout, tls)?,
-            ),
+            DatabaseConfig::Postgres {
+                url,
+                pool_size,
+                ca_certs,
+            } => Db::Postgres(postgres::PgTransport::new(
+                url,
+                *pool_size,
+                config.db_timeout,
+                crate::app::tls_config_trusting(ca_certs),
+            )?),
             DatabaseConfig::PostgRest { url, service_key } => {
                 Db::PostgRest(postgrest::PostgRestTransport::new(
                     http.clone(),
