@@ -359,7 +359,8 @@ async fn a_small_tenant_among_many_still_gets_top_k_results() {
 }
 
 #[tokio::test]
-async fn a_model_change_reembeds_in_the_background_while_search_serves_the_old_vectors() {
+async fn a_model_change_reembeds_in_the_background_while_search_serves_the_old_vectors_then_retires_them()
+ {
     let (openai, url) = FakeOpenAi::start().await;
     let app = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
     let (restaurant, _) = restaurant_and_clinic(&app).await;
@@ -418,4 +419,35 @@ async fn a_model_change_reembeds_in_the_background_while_search_serves_the_old_v
         "once complete, the new model serves"
     );
     assert_eq!(last["dimensions"], 32);
+
+    // Maintenance keeps the old vectors for a day (a change may be rolled
+    // back), then deletes them.
+    let old_vectors = "select count(*) from keel.embeddings where model = 'text-embedding-3-small'";
+    let kept = switched.run_cron("/api/cron/maintenance").await;
+    assert_eq!(kept["replaced_vectors_pruned"], 0, "{kept}");
+    assert_eq!(app.count(old_vectors).await, 6);
+    app.db
+        .connect()
+        .await
+        .execute(
+            "update keel.embedding_models set prepared_at = now() - interval '25 hours'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let pruned = switched.run_cron("/api/cron/maintenance").await;
+    assert_eq!(pruned["replaced_vectors_pruned"], 6, "{pruned}");
+    assert_eq!(app.count(old_vectors).await, 0);
+    assert_eq!(
+        app.count("select count(*) from keel.embeddings").await,
+        6,
+        "the serving model's vectors stay"
+    );
+    let body = results(
+        &switched,
+        &restaurant,
+        json!({"query": "chickpea curry falafel", "mode": "vector"}),
+    )
+    .await;
+    assert_eq!(body["results"][0]["document_id"], "faq-diet");
 }

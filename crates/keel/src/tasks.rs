@@ -8,8 +8,9 @@
 //! worker died is claimed again once its lease expires, failures back off
 //! exponentially with jitter, and a task out of attempts (or of an unknown
 //! kind) is `dead` with its last error kept. `GET /api/cron/maintenance`
-//! expires caches, prunes old rows, releases stale leases and schedules
-//! webhook reconciliation. `GET /api/tasks` lists the caller's tasks.
+//! expires caches, prunes old rows (rate-limit hits, a replaced embedding
+//! model's vectors a day after the change), releases stale leases and
+//! schedules webhook reconciliation. `GET /api/tasks` lists the caller's tasks.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,12 +23,18 @@ use serde_json::{Value, json};
 
 use crate::app::App;
 use crate::auth::{self, TenantRef};
+use crate::embeddings::EmbeddingModel;
 use crate::error::ApiError;
 use crate::http::{ApiRequest, HandlerResult, encode_cursor, json_response};
 use crate::webhooks;
 
 /// Tasks claimed per round trip; they run concurrently.
 const CLAIM_BATCH: u32 = 8;
+/// How long a replaced embedding model's vectors outlive the change, so it can
+/// be rolled back without re-embedding.
+const REPLACED_MODEL_ROLLBACK_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Rows of each kind one maintenance run may delete: bounded work per run.
+const PRUNE_BATCH: u32 = 50_000;
 
 /// A claimed task, as its handler sees it.
 #[derive(Debug, Clone, Deserialize)]
@@ -225,9 +232,24 @@ pub async fn maintenance(app: Arc<App>, request: ApiRequest) -> HandlerResult {
             }),
         )
         .await?;
-    let pruned: Value = app.db.call("keel_prune_rate_limits", &json!({})).await?;
-    if let (Some(report), Some(pruned)) = (report.as_object_mut(), pruned.as_object()) {
-        report.extend(pruned.clone());
+    let model = EmbeddingModel::configured(&app.config);
+    for pruned in [
+        app.db.call("keel_prune_rate_limits", &json!({})).await?,
+        app.db
+            .call::<_, Value>(
+                "keel_prune_replaced_vectors",
+                &json!({
+                    "model": model.name,
+                    "dimensions": model.dimensions,
+                    "after_seconds": REPLACED_MODEL_ROLLBACK_WINDOW.as_secs(),
+                    "limit": PRUNE_BATCH,
+                }),
+            )
+            .await?,
+    ] {
+        if let (Some(report), Value::Object(pruned)) = (report.as_object_mut(), pruned) {
+            report.extend(pruned);
+        }
     }
     tracing::info!(%report, "maintenance finished");
     Ok(json_response(StatusCode::OK, &report))
