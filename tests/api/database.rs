@@ -1,6 +1,9 @@
+use keel::db::DbError;
 use keel::db::migrate::{self, MigrateError};
 
-use crate::helpers::{TestDatabase, base_vars, migrations, repo_root, spawn_app_on};
+use crate::helpers::{
+    TestDatabase, base_vars, migrations, repo_root, spawn_app_on, spawn_app_with,
+};
 
 #[tokio::test]
 async fn anon_and_authenticated_can_neither_read_tables_nor_execute_functions() {
@@ -266,4 +269,44 @@ async fn a_database_certificate_from_an_untrusted_ca_is_refused() {
     assert_eq!(response.status(), 503);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["checks"]["database"]["error"], "unreachable");
+}
+
+#[tokio::test]
+async fn a_query_abandoned_at_the_timeout_is_cancelled_on_the_server() {
+    let app = spawn_app_with(|_, vars| {
+        vars.insert("DB_TIMEOUT_MS".into(), "300".into());
+    })
+    .await;
+    let admin = app.db.connect().await;
+    admin
+        .batch_execute(
+            "create function public.keel_test_sleep(args jsonb) returns jsonb language sql
+             as $$ select pg_sleep(30); select '{}'::jsonb $$",
+        )
+        .await
+        .unwrap();
+
+    let error = app
+        .app
+        .db
+        .call::<_, serde_json::Value>("keel_test_sleep", &serde_json::json!({}))
+        .await
+        .unwrap_err();
+
+    assert!(matches!(error, DbError::Timeout { .. }), "{error}");
+    let still_running = "select count(*) from pg_stat_activity
+         where query like '%keel_test_sleep(%' and state = 'active' and pid <> pg_backend_pid()";
+    let mut running = 1;
+    for _ in 0..50 {
+        running = admin
+            .query_one(still_running, &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if running == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(running, 0, "the server stopped the abandoned query");
 }

@@ -14,10 +14,15 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::DbError;
 
+/// How long a cancel request for a timed-out query may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Clone)]
 pub struct PgTransport {
     pool: Pool,
     timeout: Duration,
+    /// For cancel requests, which open a connection of their own.
+    tls: MakeRustlsConnect,
 }
 
 impl PgTransport {
@@ -37,9 +42,10 @@ impl PgTransport {
         if pg_config.get_application_name().is_none() {
             pg_config.application_name("keel");
         }
+        let tls = MakeRustlsConnect::new((*tls).clone());
         let manager = Manager::from_config(
             pg_config,
-            MakeRustlsConnect::new((*tls).clone()),
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -51,7 +57,7 @@ impl PgTransport {
             .recycle_timeout(Some(timeout))
             .runtime(Runtime::Tokio1)
             .build()?;
-        Ok(Self { pool, timeout })
+        Ok(Self { pool, timeout, tls })
     }
 
     pub async fn call(&self, function: &'static str, args: Value) -> Result<Value, DbError> {
@@ -82,7 +88,23 @@ impl PgTransport {
             }
             Ok(Err(error)) => Err(map_pg_error(function, error)),
             Err(_) => {
-                // The connection may be stuck mid-query: never hand it out again.
+                // The server would keep running the abandoned query (it only
+                // notices a closed connection when it writes): cancel it, off
+                // the request's path. The connection may be stuck mid-query:
+                // never hand it out again.
+                let cancel = client.cancel_token();
+                let tls = self.tls.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(CANCEL_TIMEOUT, cancel.cancel_query(tls)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => {
+                            tracing::warn!(%error, function, "cancelling a timed-out query failed")
+                        }
+                        Err(_) => {
+                            tracing::warn!(function, "cancelling a timed-out query timed out")
+                        }
+                    }
+                });
                 drop(deadpool_postgres::Object::take(client));
                 Err(DbError::Timeout {
                     function,
