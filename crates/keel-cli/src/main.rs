@@ -6,8 +6,9 @@
 //!   OpenAI-compatible `/v1/embeddings`.
 //! - `keel migrate [DIR]`: applies pending migrations (default `migrations/`)
 //!   to `DATABASE_URL`.
-//! - `keel bench [DATASET_DIR]`: ingest, quality, latency and recall figures
-//!   on this machine (see bench.rs); run through `scripts/bench`.
+//! - `keel bench [quality|load] [DATASET_DIR] [OPTIONS]`: retrieval quality,
+//!   ingest, latency and recall figures on this machine (see bench/); run
+//!   through `scripts/bench`.
 
 mod bench;
 
@@ -21,10 +22,13 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("serve") => serve(),
         Some("migrate") => run_migrate(args.get(1).map(PathBuf::from)),
-        Some("bench") => run_bench(args.get(1).map(PathBuf::from)),
+        Some("bench") => {
+            keel::config::load_dotenv();
+            bench::main(&args[1..])
+        }
         _ => {
             eprintln!(
-                "usage: keel serve | keel migrate [MIGRATIONS_DIR] | keel bench [DATASET_DIR]"
+                "usage: keel serve | keel migrate [MIGRATIONS_DIR] | keel bench [quality|load] [DATASET_DIR] [OPTIONS]"
             );
             ExitCode::from(2)
         }
@@ -58,7 +62,10 @@ fn run_migrate(dir: Option<PathBuf>) -> ExitCode {
     };
     // The same TLS rules as the functions: DATABASE_CA_CERT trusted, verify-* accepted.
     let database_url = keel::config::normalise_sslmode(&database_url);
-    let tls = match std::env::var("DATABASE_CA_CERT").ok().filter(|v| !v.trim().is_empty()) {
+    let tls = match std::env::var("DATABASE_CA_CERT")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    {
         None => keel::app::tls_config(),
         Some(raw) => match keel::config::parse_ca_certs(&raw) {
             Ok(certs) => keel::app::tls_config_trusting(&certs),
@@ -92,26 +99,6 @@ fn run_migrate(dir: Option<PathBuf>) -> ExitCode {
         }
         Err(error) => {
             eprintln!("migrate failed: {error}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run_bench(dataset_dir: Option<PathBuf>) -> ExitCode {
-    keel::config::load_dotenv();
-    let Some(model_dir) = std::env::var_os("KEEL_LOCAL_MODEL_DIR") else {
-        eprintln!("KEEL_LOCAL_MODEL_DIR: required by `keel bench` (scripts/bench sets it)");
-        return ExitCode::FAILURE;
-    };
-    let dataset_dir = dataset_dir.unwrap_or_else(bench::default_dataset_dir);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("the runtime builds");
-    match runtime.block_on(bench::run(&dataset_dir, std::path::Path::new(&model_dir))) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("bench failed: {error:#}");
             ExitCode::FAILURE
         }
     }
