@@ -218,6 +218,17 @@ pub fn base_vars(db: &TestDatabase) -> HashMap<String, String> {
     ])
 }
 
+/// `request` with `body` as JSON, or without a body.
+pub fn maybe_json(
+    request: reqwest::RequestBuilder,
+    body: Option<serde_json::Value>,
+) -> reqwest::RequestBuilder {
+    match body {
+        Some(body) => request.json(&body),
+        None => request,
+    }
+}
+
 /// A client whose requests come from `ip`, a loopback address other than
 /// 127.0.0.1, so tests can act as different client addresses.
 pub fn client_from(ip: &str) -> reqwest::Client {

@@ -3,7 +3,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{ADMIN_KEY, client_from, repo_root, spawn_app_with};
+use crate::helpers::{ADMIN_KEY, client_from, maybe_json, repo_root, spawn_app_with};
 
 const METRICS_TOKEN: &str = "metrics-token-for-tests-0123456789abcdef";
 
@@ -159,16 +159,13 @@ async fn post_tagged(
         .header("x-request-id", request_id)
         // Ignored: the address is the connection's, not a header a client can forge.
         .header("x-forwarded-for", "203.0.113.7");
-    match body {
-        Some(body) => request.json(&body),
-        None => request,
-    }
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap()
+    maybe_json(request, body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]

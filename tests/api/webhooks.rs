@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, error_body, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, error_body, maybe_json, spawn_app, spawn_app_with};
 use crate::support::{json_reply, serve_http};
 
 fn upserted(id: &str, content: &str) -> Value {
@@ -465,13 +465,7 @@ async fn rotate(
         .client
         .post(app.url(&format!("/api/webhooks/endpoints/{endpoint}/secret")))
         .bearer_auth(key);
-    match body {
-        Some(body) => request.json(&body),
-        None => request,
-    }
-    .send()
-    .await
-    .unwrap()
+    maybe_json(request, body).send().await.unwrap()
 }
 
 #[tokio::test]
