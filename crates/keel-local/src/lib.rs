@@ -5,44 +5,49 @@
 //! one protocol whether OpenAI or this model answers.
 //!
 //! Like sentence-transformers: word pieces truncated at 256, mean pooling
-//! over the attention mask, then L2 normalisation.
+//! over the tokens, then L2 normalisation. For speed (see `bert`), inputs are
+//! sorted by length and packed into batches of about [`BATCH_TOKENS`] word
+//! pieces with no padding, and one worker per core takes batches in turn.
+
+mod bert;
+mod math;
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{Context as _, anyhow};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig, DTYPE};
 use http::{Method, StatusCode};
 use keel::ApiError;
 use keel::http::{ApiRequest, HandlerResult, Route, json_response};
 use serde::Deserialize;
 use serde_json::json;
-use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
+use tokenizers::{Tokenizer, TruncationParams};
+
+use bert::{Bert, Scratch};
 
 pub const MODEL_NAME: &str = "all-MiniLM-L6-v2";
 pub const DIMENSIONS: usize = 384;
 const MAX_WORD_PIECES: usize = 256;
-/// Inputs per forward pass: bounds memory while keeping the CPU busy.
-const FORWARD_BATCH: usize = 32;
+/// Word pieces per forward pass: large enough for efficient matrix
+/// products, small enough that a worker's activations stay a few MB.
+const BATCH_TOKENS: usize = 2048;
 const MAX_INPUTS: usize = 2048;
 
 pub struct LocalModel {
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
-    device: Device,
 }
 
 impl LocalModel {
     /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from `dir`.
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
-        let device = Device::Cpu;
-        let config: BertConfig = serde_json::from_str(
-            &std::fs::read_to_string(dir.join("config.json"))
-                .with_context(|| format!("reading {}/config.json", dir.display()))?,
-        )
-        .context("parsing config.json")?;
+        let model = Bert::load(dir).context("loading the BERT weights")?;
+        anyhow::ensure!(
+            model.dimensions() == DIMENSIONS,
+            "the model has {} dimensions, expected {DIMENSIONS}",
+            model.dimensions()
+        );
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| anyhow!("loading tokenizer.json: {e}"))?;
         tokenizer
@@ -51,53 +56,73 @@ impl LocalModel {
                 ..Default::default()
             }))
             .map_err(|e| anyhow!("configuring truncation: {e}"))?;
-        tokenizer.with_padding(Some(PaddingParams::default()));
-        // SAFETY: the weights file is memory-mapped read-only and not modified while loaded.
-        let weights = unsafe {
-            VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DTYPE, &device)
-        }
-        .context("mapping model.safetensors")?;
-        let model = BertModel::load(weights, &config).context("loading the BERT weights")?;
-        Ok(Self {
-            model,
-            tokenizer,
-            device,
-        })
+        // The packed forward pass needs no padding (tokenizer.json asks for 128).
+        tokenizer.with_padding(None);
+        Ok(Self { model, tokenizer })
     }
 
     /// Unit-length vectors, one per input, in order. Also returns the word
     /// pieces processed (OpenAI's `usage.prompt_tokens`).
     pub fn embed(&self, inputs: &[String]) -> anyhow::Result<(Vec<Vec<f32>>, usize)> {
-        let mut vectors = Vec::with_capacity(inputs.len());
-        let mut tokens = 0;
-        for batch in inputs.chunks(FORWARD_BATCH) {
-            let encodings = self
-                .tokenizer
-                .encode_batch(batch.to_vec(), true)
-                .map_err(|e| anyhow!("tokenizing: {e}"))?;
-            let rows = |field: fn(&tokenizers::Encoding) -> &[u32]| -> anyhow::Result<Tensor> {
-                let rows = encodings
-                    .iter()
-                    .map(|e| Tensor::new(field(e), &self.device))
-                    .collect::<candle_core::Result<Vec<_>>>()?;
-                Ok(Tensor::stack(&rows, 0)?)
-            };
-            let ids = rows(|e| e.get_ids())?;
-            let mask = rows(|e| e.get_attention_mask())?;
-            tokens += encodings
-                .iter()
-                .map(|e| e.get_attention_mask().iter().filter(|m| **m == 1).count())
-                .sum::<usize>();
-            let type_ids = ids.zeros_like()?;
-            let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
-            let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-            let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-            let pooled = summed.broadcast_div(&mask.sum(1)?)?;
-            let norms = pooled.sqr()?.sum_keepdim(1)?.sqrt()?;
-            vectors.extend(pooled.broadcast_div(&norms)?.to_vec2::<f32>()?);
-        }
-        Ok((vectors, tokens))
+        let encodings = self
+            .tokenizer
+            .encode_batch_fast(inputs.to_vec(), true)
+            .map_err(|e| anyhow!("tokenizing: {e}"))?;
+        let sequences: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
+        let tokens = sequences.iter().map(|s| s.len()).sum();
+        let batches = plan_batches(&sequences);
+        let workers = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(batches.len());
+        let next = AtomicUsize::new(0);
+        let vectors = Mutex::new(vec![Vec::new(); inputs.len()]);
+        let work = || {
+            let mut scratch = Scratch::default();
+            while let Some(batch) = batches.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let members: Vec<&[u32]> = batch.iter().map(|&i| sequences[i]).collect();
+                let mut out = vec![0.0; members.len() * DIMENSIONS];
+                self.model.embed(&members, &mut scratch, &mut out);
+                let mut vectors = vectors.lock().unwrap_or_else(|e| e.into_inner());
+                for (&index, vector) in batch.iter().zip(out.chunks_exact(DIMENSIONS)) {
+                    vectors[index] = vector.to_vec();
+                }
+            }
+        };
+        std::thread::scope(|scope| {
+            for _ in 1..workers {
+                scope.spawn(work);
+            }
+            work();
+        });
+        Ok((
+            vectors.into_inner().unwrap_or_else(|e| e.into_inner()),
+            tokens,
+        ))
     }
+}
+
+/// Groups input indices into batches of at most [`BATCH_TOKENS`] word pieces
+/// (a longer input is a batch of its own), longest inputs first so the last
+/// batches, which the workers finish unevenly, are the short ones.
+fn plan_batches(sequences: &[&[u32]]) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..sequences.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(sequences[i].len()));
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut batch_tokens = 0;
+    for index in order {
+        let len = sequences[index].len();
+        match batches.last_mut() {
+            Some(batch) if batch_tokens + len <= BATCH_TOKENS => {
+                batch.push(index);
+                batch_tokens += len;
+            }
+            _ => {
+                batches.push(vec![index]);
+                batch_tokens = len;
+            }
+        }
+    }
+    batches
 }
 
 static MODEL: OnceLock<Arc<LocalModel>> = OnceLock::new();
