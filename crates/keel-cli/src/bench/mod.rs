@@ -128,6 +128,10 @@ impl Options {
 
 /// Runs `keel bench …` (`args` after `bench`).
 pub fn main(args: &[String]) -> std::process::ExitCode {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return std::process::ExitCode::SUCCESS;
+    }
     let options = match Options::parse(args) {
         Ok(options) => options,
         Err(error) => {
