@@ -11,6 +11,8 @@
 //!   through `scripts/bench`.
 
 mod bench;
+mod bench_artifacts;
+mod bench_model;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +24,12 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("serve") => serve(),
         Some("migrate") => run_migrate(args.get(1).map(PathBuf::from)),
+        Some("bench") if args.get(1).is_some_and(|a| a == "artifacts") => {
+            bench_artifacts::main(&args[2..])
+        }
+        Some("bench") if args.get(1).is_some_and(|a| a == "model") => {
+            bench_model::main(&args[2..])
+        }
         Some("bench") => {
             keel::config::load_dotenv();
             bench::main(&args[1..])
