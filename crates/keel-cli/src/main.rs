@@ -12,6 +12,7 @@
 
 mod bench;
 mod bench_artifacts;
+mod bench_model;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +26,9 @@ fn main() -> ExitCode {
         Some("migrate") => run_migrate(args.get(1).map(PathBuf::from)),
         Some("bench") if args.get(1).is_some_and(|a| a == "artifacts") => {
             bench_artifacts::main(&args[2..])
+        }
+        Some("bench") if args.get(1).is_some_and(|a| a == "model") => {
+            bench_model::main(&args[2..])
         }
         Some("bench") => {
             keel::config::load_dotenv();
