@@ -43,12 +43,11 @@ impl Linear {
         self.bias.len()
     }
 
-    /// `out += x·Wᵀ + b` over `tokens` rows: `out` holds the residual, or
-    /// zeros; adding into it saves a pass over the activations.
-    fn accumulate(&self, input: &[f32], tokens: usize, out: &mut [f32]) {
+    /// `out = x·Wᵀ` over `tokens` rows (or `out += x·Wᵀ` when
+    /// `accumulate`); the caller adds the bias in its next pass over `out`.
+    fn product(&self, input: &[f32], tokens: usize, out: &mut [f32], accumulate: bool) {
         let outputs = self.outputs();
         assert!(input.len() >= tokens * self.inputs && out.len() >= tokens * outputs);
-        math::add_row(&mut out[..tokens * outputs], &self.bias);
         // SAFETY: the assertion above keeps every access of this row-major
         // product inside `input`, `out` and `self.weight` ([outputs, inputs]).
         unsafe {
@@ -59,7 +58,7 @@ impl Linear {
                 out.as_mut_ptr(),
                 1,
                 outputs as isize,
-                true,
+                accumulate,
                 input.as_ptr(),
                 1,
                 self.inputs as isize,
@@ -74,12 +73,6 @@ impl Linear {
                 Parallelism::None,
             );
         }
-    }
-
-    /// `out = x·Wᵀ + b` over `tokens` rows.
-    fn forward(&self, input: &[f32], tokens: usize, out: &mut [f32]) {
-        out[..tokens * self.outputs()].fill(0.0);
-        self.accumulate(input, tokens, out);
     }
 }
 
@@ -282,24 +275,25 @@ impl Bert {
                 }
             }
         }
-        math::layer_norm_rows(
-            states,
-            &self.embedding_norm.gamma,
-            &self.embedding_norm.beta,
-            self.eps,
-        );
+        let norm = &self.embedding_norm;
+        math::layer_norm_rows(states, None, &norm.gamma, &norm.beta, self.eps);
 
+        let inner = &mut intermediate[..tokens * self.intermediate];
         for layer in &self.layers {
-            layer.qkv.forward(states, tokens, qkv);
+            layer.qkv.product(states, tokens, qkv, false);
+            math::add_row(&mut qkv[..tokens * 3 * hidden], &layer.qkv.bias);
             self.attention(sequences, qkv, context, scores);
-            layer.attention_output.accumulate(context, tokens, states);
-            let norm = &layer.attention_norm;
-            math::layer_norm_rows(states, &norm.gamma, &norm.beta, self.eps);
-            layer.intermediate.forward(states, tokens, intermediate);
-            math::gelu(&mut intermediate[..tokens * self.intermediate]);
-            layer.output.accumulate(intermediate, tokens, states);
-            let norm = &layer.output_norm;
-            math::layer_norm_rows(states, &norm.gamma, &norm.beta, self.eps);
+            // The residual is already in `states`: accumulate onto it.
+            layer
+                .attention_output
+                .product(context, tokens, states, true);
+            let (bias, norm) = (&layer.attention_output.bias, &layer.attention_norm);
+            math::layer_norm_rows(states, Some(bias), &norm.gamma, &norm.beta, self.eps);
+            layer.intermediate.product(states, tokens, inner, false);
+            math::bias_gelu(inner, &layer.intermediate.bias);
+            layer.output.product(inner, tokens, states, true);
+            let (bias, norm) = (&layer.output.bias, &layer.output_norm);
+            math::layer_norm_rows(states, Some(bias), &norm.gamma, &norm.beta, self.eps);
         }
 
         let mut start = 0;

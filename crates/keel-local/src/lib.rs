@@ -31,7 +31,7 @@ pub const DIMENSIONS: usize = 384;
 const MAX_WORD_PIECES: usize = 256;
 /// Word pieces per forward pass: large enough for efficient matrix
 /// products, small enough that a worker's activations stay a few MB.
-const BATCH_TOKENS: usize = 2048;
+const BATCH_TOKENS: usize = 256;
 const MAX_INPUTS: usize = 2048;
 
 pub struct LocalModel {
