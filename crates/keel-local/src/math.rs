@@ -257,7 +257,10 @@ mod tests {
         let mut rows = wide_rows(width);
         let gamma: Vec<f32> = (0..width).map(|i| 1.0 + i as f32 / 10.0).collect();
         let beta: Vec<f32> = (0..width).map(|i| i as f32 / 20.0).collect();
-        let want: Vec<f64> = rows
+        let bias: Vec<f32> = (0..width).map(|i| i as f32 / 7.0).collect();
+        let mut biased = rows.clone();
+        add_row(&mut biased, &bias);
+        let want: Vec<f64> = biased
             .chunks(width)
             .flat_map(|row| {
                 let mean = row.iter().map(|&v| v as f64).sum::<f64>() / width as f64;
@@ -269,12 +272,9 @@ mod tests {
                 })
             })
             .collect();
-        let bias: Vec<f32> = (0..width).map(|i| i as f32 / 7.0).collect();
-        let mut biased = rows.clone();
-        add_row(&mut biased, &bias);
         layer_norm_rows(&mut rows, Some(&bias), &gamma, &beta, 1e-12);
         layer_norm_rows(&mut biased, None, &gamma, &beta, 1e-12);
-        assert_eq!(rows, biased);
+        assert_eq!(rows, biased, "the bias is added before normalising");
         for (got, want) in rows.iter().zip(&want) {
             assert!((*got as f64 - want).abs() < 1e-5, "{got} vs {want}");
         }
