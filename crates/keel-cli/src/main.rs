@@ -27,9 +27,7 @@ fn main() -> ExitCode {
         Some("bench") if args.get(1).is_some_and(|a| a == "artifacts") => {
             bench_artifacts::main(&args[2..])
         }
-        Some("bench") if args.get(1).is_some_and(|a| a == "model") => {
-            bench_model::main(&args[2..])
-        }
+        Some("bench") if args.get(1).is_some_and(|a| a == "model") => bench_model::main(&args[2..]),
         Some("bench") => {
             keel::config::load_dotenv();
             bench::main(&args[1..])
