@@ -165,13 +165,19 @@ def check_vercel():
         route, dest = vercel_route_for(routes, sample)
         if problems.check(route is not None, f"no route after the filesystem phase matches {sample}"):
             problems.check(dest == expected, f"{sample} is rewritten to {dest}, expected {expected}")
-    for function in functions.values():
-        # A function's own path must be served by the filesystem phase, before any rewrite.
-        route, dest = vercel_route_for(routes, function["function_path"])
-        problems.check(
-            route is None or route.get("check") is True or dest == function["function_path"],
-            f"{function['function_path']} is rewritten to {dest} instead of reaching its function",
-        )
+    # Before the filesystem phase nothing may redirect a function's own path
+    # (/api/webhooks/endpoints must reach its function, not the /api/webhooks/:id rewrite).
+    for route in routes:
+        if route.get("handle") == "filesystem":
+            break
+        if "dest" not in route:
+            continue
+        pattern = re.compile(route["src"].replace("(?<", "(?P<"))
+        for function in functions.values():
+            problems.check(
+                not pattern.fullmatch(function["function_path"]),
+                f"route {route['src']} -> {route['dest']} takes {function['function_path']} before the filesystem",
+            )
 
     expected_funcs = set()
     for name, function in functions.items():
@@ -194,7 +200,14 @@ def check_vercel():
                 vc.get(key) == settings.get(key),
                 f"{where}: {key} is {vc.get(key)!r}, vercel.json says {settings.get(key)!r}",
             )
-        executable = func_dir / vc.get("handler", "executable")
+        handler = vc.get("handler", "executable")
+        # A file left in the project is listed in filePathMap; `vercel deploy --prebuilt` uploads it from there.
+        mapped = vc.get("filePathMap", {}).get(handler)
+        executable = ROOT / mapped if mapped else func_dir / handler
+        if mapped:
+            problems.check(
+                Path(mapped).name == name, f"{where}: the executable is {mapped}, not the binary {name}"
+            )
         if problems.check(executable.is_file(), f"{executable.relative_to(ROOT)} is missing"):
             machine = elf_machine(executable.read_bytes()[:20])
             arch = vc.get("architecture", "x86_64")
