@@ -279,3 +279,30 @@ async fn tenants_see_only_their_own_tasks() {
     assert_eq!(mine["tasks"].as_array().unwrap().len(), 2);
     assert_eq!(bad.status(), 400);
 }
+
+#[tokio::test]
+async fn list_cursors_not_issued_by_the_api_are_refused_naming_the_cursor() {
+    let app = spawn_app().await;
+    let key = app.create_tenant("shop").await;
+    let cases = [
+        ("!!", "not base64"),
+        ("YWJj", "base64 of `abc`, not a row id"),
+    ];
+    for route in ["/api/tasks", "/api/webhooks/deliveries"] {
+        for (cursor, reason) in cases {
+            let response = app
+                .client
+                .get(app.url(&format!("{route}?cursor={cursor}")))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 400, "{route}: {reason}");
+            let error = crate::helpers::error_body(response).await;
+            assert!(
+                error["message"].as_str().unwrap().contains("`cursor`"),
+                "{route}: {reason}: {error}"
+            );
+        }
+    }
+}

@@ -256,6 +256,22 @@ impl ApiRequest {
         };
         Ok(Page { limit, cursor })
     }
+
+    /// [`ApiRequest::page`] for lists whose cursor is a row id.
+    pub fn id_page(&self, default_limit: u32, max_limit: u32) -> Result<Page, ApiError> {
+        let page = self.page(default_limit, max_limit)?;
+        if page
+            .cursor
+            .as_deref()
+            .is_some_and(|c| c.parse::<i64>().is_err())
+        {
+            return Err(ApiError::invalid_field(
+                "cursor",
+                "is not a cursor returned by this API",
+            ));
+        }
+        Ok(page)
+    }
 }
 
 /// Makes a position opaque for `next_cursor`.

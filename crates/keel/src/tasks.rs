@@ -266,7 +266,7 @@ struct TaskPage {
 /// `GET /api/tasks?status=&kind=&limit=&cursor=`: the caller's tasks, newest first.
 pub async fn list(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     let tenant = auth::tenant(&request)?;
-    let page = request.page(50, 200)?;
+    let page = request.id_page(50, 200)?;
     let status = request.query_param("status").filter(|s| !s.is_empty());
     if let Some(status) = &status
         && !STATUSES.contains(&status.as_str())
@@ -274,16 +274,6 @@ pub async fn list(app: Arc<App>, request: ApiRequest) -> HandlerResult {
         return Err(ApiError::invalid_field(
             "status",
             "must be one of queued, running, succeeded, failed, dead",
-        ));
-    }
-    if page
-        .cursor
-        .as_deref()
-        .is_some_and(|c| c.parse::<i64>().is_err())
-    {
-        return Err(ApiError::invalid_field(
-            "cursor",
-            "is not a cursor returned by this API",
         ));
     }
     let result: TaskPage = tenant

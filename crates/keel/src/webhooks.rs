@@ -490,17 +490,7 @@ struct DeliveryPage {
 /// `GET /api/webhooks/deliveries?limit=&cursor=`, oldest first.
 pub async fn list_deliveries(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     let tenant = auth::tenant(&request)?;
-    let page = request.page(50, 200)?;
-    if page
-        .cursor
-        .as_deref()
-        .is_some_and(|c| c.parse::<i64>().is_err())
-    {
-        return Err(ApiError::invalid_field(
-            "cursor",
-            "is not a cursor returned by this API",
-        ));
-    }
+    let page = request.id_page(50, 200)?;
     let result: DeliveryPage = tenant
         .call(
             &app.db,
