@@ -1,4 +1,4 @@
 //! `GET|PUT /api/documents: list and upsert the tenant's documents`. Wiring only: the handler lives in the keel crate.
 fn main() -> std::process::ExitCode {
-    keel::runtime::run(keel::routes::documents())
+    keel::web::runtime::run(keel::routes::documents())
 }

@@ -1,4 +1,4 @@
 //! `GET /api/health: liveness`. Wiring only: the handler lives in the keel crate.
 fn main() -> std::process::ExitCode {
-    keel::runtime::run(keel::routes::health())
+    keel::web::runtime::run(keel::routes::health())
 }

@@ -1,4 +1,4 @@
 //! `GET /api/metrics`: Prometheus metrics (Bearer METRICS_TOKEN). Wiring only: the handler lives in the keel crate.
 fn main() -> std::process::ExitCode {
-    keel::runtime::run(keel::routes::metrics())
+    keel::web::runtime::run(keel::routes::metrics())
 }

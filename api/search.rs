@@ -1,4 +1,4 @@
 //! `POST /api/search: hybrid, vector or keyword search`. Wiring only: the handler lives in the keel crate.
 fn main() -> std::process::ExitCode {
-    keel::runtime::run(keel::routes::search())
+    keel::web::runtime::run(keel::routes::search())
 }

@@ -1,4 +1,4 @@
 //! `GET|POST /api/tenants: list and create tenants (admin)`. Wiring only: the handler lives in the keel crate.
 fn main() -> std::process::ExitCode {
-    keel::runtime::run(keel::routes::tenants())
+    keel::web::runtime::run(keel::routes::tenants())
 }

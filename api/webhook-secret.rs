@@ -1,4 +1,4 @@
 //! `POST /api/webhooks/endpoints/{id}/secret`: rotate an endpoint's signing secret. Wiring only: the handler lives in the keel crate.
 fn main() -> std::process::ExitCode {
-    keel::runtime::run(keel::routes::webhook_secret())
+    keel::web::runtime::run(keel::routes::webhook_secret())
 }

@@ -1,4 +1,4 @@
 //! `GET /api/cron/embeddings: embed pending chunks of every tenant (Vercel Cron)`. Wiring only: the handler lives in the keel crate.
 fn main() -> std::process::ExitCode {
-    keel::runtime::run(keel::routes::cron_embeddings())
+    keel::web::runtime::run(keel::routes::cron_embeddings())
 }

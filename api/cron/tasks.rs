@@ -1,4 +1,4 @@
 //! `GET /api/cron/tasks: run due tasks within the time budget (Vercel Cron)`. Wiring only: the handler lives in the keel crate.
 fn main() -> std::process::ExitCode {
-    keel::runtime::run(keel::routes::cron_tasks())
+    keel::web::runtime::run(keel::routes::cron_tasks())
 }

@@ -43,7 +43,7 @@ fn health_binary(db: &TestDatabase, envs: &[(&str, String)]) -> Child {
 }
 
 async fn get_when_up(url: &str, request_id: &str) -> reqwest::Response {
-    keel::app::tls_config();
+    keel::platform::tls::tls_config();
     let client = reqwest::Client::new();
     for _ in 0..100 {
         if let Ok(response) = client

@@ -1,5 +1,5 @@
-use keel::db::DbError;
-use keel::db::migrate::{self, MigrateError};
+use keel::platform::db::DbError;
+use keel::platform::db::migrate::{self, MigrateError};
 
 use crate::helpers::{
     TestDatabase, base_vars, migrations, repo_root, spawn_app_on, spawn_app_with,

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use keel::db::migrate;
+use keel::platform::db::migrate;
 use tokio::net::TcpListener;
 use tokio_postgres::NoTls;
 
@@ -365,7 +365,7 @@ impl TestApp {
             .header("webhook-timestamp", now.to_string())
             .header(
                 "webhook-signature",
-                keel::webhooks::sign(secret, webhook_id, now, body.as_bytes()),
+                keel::webhooks::signatures::sign(secret, webhook_id, now, body.as_bytes()),
             )
             .body(body)
             .send()
@@ -439,11 +439,11 @@ async fn start(db: TestDatabase, mut vars: HashMap<String, String>, local_model:
             keel_local::DIMENSIONS.to_string(),
         );
     }
-    let config = keel::config::Config::from_vars(&vars).unwrap_or_else(|e| panic!("{e}"));
+    let config = keel::platform::config::Config::from_vars(&vars).unwrap_or_else(|e| panic!("{e}"));
     let app = keel::App::new(config).expect("app builds");
-    keel::telemetry::init(&app.config, &app.http);
-    let router = Arc::new(keel::http::Router::all(routes));
-    tokio::spawn(keel::runtime::serve_local(
+    keel::platform::telemetry::init(&app.config, &app.http);
+    let router = Arc::new(keel::web::Router::all(routes));
+    tokio::spawn(keel::web::runtime::serve_local(
         listener,
         app.clone(),
         router,

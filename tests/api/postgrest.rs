@@ -1,6 +1,6 @@
 use std::collections::HashMap;
 
-use keel::db::{DbError, DbErrorClass};
+use keel::platform::db::{DbError, DbErrorClass};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestDatabase, base_vars, spawn_app_on};
@@ -64,8 +64,10 @@ async fn both_transports_report_the_same_typed_error_for_the_same_failure() {
     let postgrest = start_postgrest(db.url.clone(), SECRET_KEY.into()).await;
     let rest_vars = postgrest_vars(&db, format!("http://{postgrest}"), SECRET_KEY);
     let direct_vars = base_vars(&db);
-    let direct = keel::App::new(keel::config::Config::from_vars(&direct_vars).unwrap()).unwrap();
-    let rest = keel::App::new(keel::config::Config::from_vars(&rest_vars).unwrap()).unwrap();
+    let direct =
+        keel::App::new(keel::platform::config::Config::from_vars(&direct_vars).unwrap()).unwrap();
+    let rest =
+        keel::App::new(keel::platform::config::Config::from_vars(&rest_vars).unwrap()).unwrap();
 
     let cases = [
         ("23505", DbErrorClass::Conflict, 409, "slug already taken"),
@@ -129,8 +131,11 @@ async fn a_missing_function_is_reported_by_either_transport_as_our_fault() {
     let db = TestDatabase::migrated().await;
     let postgrest = start_postgrest(db.url.clone(), SECRET_KEY.into()).await;
     let rest_vars = postgrest_vars(&db, format!("http://{postgrest}"), SECRET_KEY);
-    let direct = keel::App::new(keel::config::Config::from_vars(&base_vars(&db)).unwrap()).unwrap();
-    let rest = keel::App::new(keel::config::Config::from_vars(&rest_vars).unwrap()).unwrap();
+    let direct =
+        keel::App::new(keel::platform::config::Config::from_vars(&base_vars(&db)).unwrap())
+            .unwrap();
+    let rest =
+        keel::App::new(keel::platform::config::Config::from_vars(&rest_vars).unwrap()).unwrap();
 
     for (app, code) in [(&direct, "42883"), (&rest, "PGRST202")] {
         let error = app
@@ -177,7 +182,8 @@ async fn postgrest_outages_are_unavailable_not_internal() {
         (closed, "connection refused"),
     ] {
         let vars = postgrest_vars(&db, format!("http://{address}"), SECRET_KEY);
-        let app = keel::App::new(keel::config::Config::from_vars(&vars).unwrap()).unwrap();
+        let app =
+            keel::App::new(keel::platform::config::Config::from_vars(&vars).unwrap()).unwrap();
 
         let error = app
             .db
@@ -226,7 +232,8 @@ async fn the_service_key_is_sent_as_postgrest_expects_for_each_kind() {
 
     for key in [SECRET_KEY, jwt.as_str()] {
         let vars = postgrest_vars(&db, format!("http://{address}/"), key);
-        let app = keel::App::new(keel::config::Config::from_vars(&vars).unwrap()).unwrap();
+        let app =
+            keel::App::new(keel::platform::config::Config::from_vars(&vars).unwrap()).unwrap();
         let result: Value = app
             .db
             .call("keel_health", &json!({"probe": 1}))

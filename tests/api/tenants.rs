@@ -29,7 +29,7 @@ async fn an_admin_creates_a_tenant_and_gets_its_key_once_while_only_a_hash_is_st
         .await
         .unwrap();
     let (hash, prefix): (String, String) = (row.get(0), row.get(1));
-    assert_eq!(hash, keel::auth::hash_key(key));
+    assert_eq!(hash, keel::tenants::keys::hash_key(key));
     assert!(key.starts_with(&prefix) && prefix.len() < 16);
     let leaked = stored
         .query_one(
@@ -272,7 +272,7 @@ async fn missing_unknown_and_revoked_keys_get_the_same_401() {
         &json!({"revoke_existing": true}),
     )
     .await;
-    let unknown = keel::auth::issue_key().key;
+    let unknown = keel::tenants::keys::issue_key().key;
 
     let mut bodies = Vec::new();
     for key in [

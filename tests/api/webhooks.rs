@@ -148,8 +148,9 @@ async fn forged_stale_and_malformed_deliveries_are_refused_and_store_nothing() {
     let (_, endpoint, secret) = tenant_with_endpoint(&app).await;
     let body = upserted("menu", "x").to_string();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let sign =
-        |id: &str, ts: i64, body: &str| keel::webhooks::sign(&secret, id, ts, body.as_bytes());
+    let sign = |id: &str, ts: i64, body: &str| {
+        keel::webhooks::signatures::sign(&secret, id, ts, body.as_bytes())
+    };
     let other_secret = "whsec_c29tZW9uZS1lbHNlcy1zZWNyZXQtMTIzNDU2";
     // (headers, body, status, code, reason)
     type Case<'a> = (Vec<(&'a str, String)>, String, u16, &'a str, &'a str);
@@ -160,7 +161,7 @@ async fn forged_stale_and_malformed_deliveries_are_refused_and_store_nothing() {
                 ("webhook-timestamp", now.to_string()),
                 (
                     "webhook-signature",
-                    keel::webhooks::sign(other_secret, "m", now, body.as_bytes()),
+                    keel::webhooks::signatures::sign(other_secret, "m", now, body.as_bytes()),
                 ),
             ],
             body.clone(),

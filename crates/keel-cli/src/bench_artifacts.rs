@@ -392,7 +392,7 @@ async fn peak_rss(
     ensure!(status == 200, "{} answered {status}", binary.display());
     let (idle, _) = function.memory()?;
 
-    keel::app::tls_config();
+    keel::platform::tls::tls_config();
     let client = reqwest::Client::new();
     let url = format!("http://{}{path}", function.address);
     let started = Instant::now();

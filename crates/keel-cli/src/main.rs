@@ -17,7 +17,7 @@ mod bench_model;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use keel::db::migrate;
+use keel::platform::db::migrate;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         }
         Some("bench") if args.get(1).is_some_and(|a| a == "model") => bench_model::main(&args[2..]),
         Some("bench") => {
-            keel::config::load_dotenv();
+            keel::platform::config::load_dotenv();
             bench::main(&args[1..])
         }
         _ => {
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
 }
 
 fn serve() -> ExitCode {
-    keel::config::load_dotenv();
+    keel::platform::config::load_dotenv();
     let mut routes = keel::routes::all();
     if let Some(dir) = std::env::var_os("KEEL_LOCAL_MODEL_DIR") {
         match keel_local::LocalModel::load(std::path::Path::new(&dir)) {
@@ -57,24 +57,24 @@ fn serve() -> ExitCode {
             }
         }
     }
-    keel::runtime::serve_blocking(keel::http::Router::all(routes))
+    keel::web::runtime::serve_blocking(keel::web::Router::all(routes))
 }
 
 fn run_migrate(dir: Option<PathBuf>) -> ExitCode {
-    keel::config::load_dotenv();
+    keel::platform::config::load_dotenv();
     let Some(database_url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
         eprintln!("DATABASE_URL: required by `keel migrate` (the Postgres the migrations go to)");
         return ExitCode::FAILURE;
     };
     // The same TLS rules as the functions: DATABASE_CA_CERT trusted, verify-* accepted.
-    let database_url = keel::config::normalise_sslmode(&database_url);
+    let database_url = keel::platform::config::normalise_sslmode(&database_url);
     let tls = match std::env::var("DATABASE_CA_CERT")
         .ok()
         .filter(|v| !v.trim().is_empty())
     {
-        None => keel::app::tls_config(),
-        Some(raw) => match keel::config::parse_ca_certs(&raw) {
-            Ok(certs) => keel::app::tls_config_trusting(&certs),
+        None => keel::platform::tls::tls_config(),
+        Some(raw) => match keel::platform::config::parse_ca_certs(&raw) {
+            Ok(certs) => keel::platform::tls::tls_config_trusting(&certs),
             Err(problem) => {
                 eprintln!("DATABASE_CA_CERT: {problem}");
                 return ExitCode::FAILURE;

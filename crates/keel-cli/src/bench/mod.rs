@@ -185,7 +185,7 @@ pub struct Harness {
     client: reqwest::Client,
     base: String,
     db: Client,
-    model: keel::embeddings::EmbeddingModel,
+    model: keel::knowledge::EmbeddingModel,
 }
 
 /// A collection stored and embedded in one tenant.
@@ -252,20 +252,23 @@ impl Harness {
         ] {
             vars.insert(name.into(), value.into());
         }
-        let config = keel::config::Config::from_vars(&vars).map_err(|e| anyhow!("{e}"))?;
-        let model = keel::embeddings::EmbeddingModel::configured(&config);
+        let config =
+            keel::platform::config::Config::from_vars(&vars).map_err(|e| anyhow!("{e}"))?;
+        let model = keel::knowledge::EmbeddingModel::configured(&config);
         eprintln!(
             "embedding with {} ({} dimensions), chunks of at most {} tokens overlapping {}",
             model.name, model.dimensions, config.ingest.chunk_tokens, config.ingest.chunk_overlap
         );
         let app = keel::App::new(config)?;
-        tokio::spawn(keel::runtime::serve_local(
+        tokio::spawn(keel::web::runtime::serve_local(
             listener,
             app.clone(),
-            Arc::new(keel::http::Router::all(routes)),
+            Arc::new(keel::web::Router::all(routes)),
             std::future::pending(),
         ));
-        let db = keel::db::migrate::connect(&database_url, keel::app::tls_config()).await?;
+        let db =
+            keel::platform::db::migrate::connect(&database_url, keel::platform::tls::tls_config())
+                .await?;
         Ok(Self {
             app,
             client: reqwest::Client::new(),
@@ -341,7 +344,7 @@ impl Harness {
             .db
             .query_one(
                 "select tenant_id::text from keel.api_keys where key_hash = $1",
-                &[&keel::auth::hash_key(key)],
+                &[&keel::tenants::keys::hash_key(key)],
             )
             .await?
             .get(0))
@@ -429,6 +432,7 @@ impl Harness {
     async fn embed_queries(&self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>> {
         let embedder = self
             .app
+            .knowledge
             .embedder
             .as_ref()
             .context("no embeddings provider is configured")?;
@@ -449,7 +453,7 @@ impl Harness {
         tuning: &Value,
     ) -> anyhow::Result<Vec<Value>> {
         let mut args = json!({
-            "key_hash": keel::auth::hash_key(key),
+            "key_hash": keel::tenants::keys::hash_key(key),
             "mode": mode,
             "query": query,
             "top_k": top_k,

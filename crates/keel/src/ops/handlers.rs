@@ -1,0 +1,132 @@
+//! The operations routes: liveness (`/api/health`, calls nothing),
+//! readiness (`/api/ready`, every dependency checked concurrently within
+//! `READY_CHECK_TIMEOUT_MS`), the Sentry test route, `/api/metrics`, and the
+//! maintenance cron.
+
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::{Map, Value, json};
+
+use super::health::{self, Check, now_rfc3339, run_check};
+use super::maintenance;
+use super::metrics::{self, KeelMetrics};
+use super::ratelimit::Scope;
+use crate::app::App;
+use crate::web::auth;
+use crate::web::error::UNAVAILABLE_RETRY_AFTER_SECS;
+use crate::web::{ApiError, ApiRequest, HandlerResult, json_of, json_response};
+
+pub async fn live(app: Arc<App>, _request: ApiRequest) -> HandlerResult {
+    let config = &app.config;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "status": "healthy",
+            "service": "keel",
+            "version": config.version,
+            "environment": config.environment.as_str(),
+            "commit": config.commit,
+            "timestamp": now_rfc3339(),
+        }),
+    ))
+}
+
+pub async fn ready(app: Arc<App>, request: ApiRequest) -> HandlerResult {
+    let timeout = app.config.ready_check_timeout;
+    // The database check goes first and through the caller's quota, so a
+    // refused probe costs no call to the embeddings provider.
+    let database = run_check(
+        "database",
+        true,
+        timeout,
+        health::check_database(&app.db, &request.rate_gate),
+    )
+    .await;
+    if let Some(quota) = request.rate_gate.quota().filter(|q| !q.allowed) {
+        return Err(ApiError::rate_limited(Scope::Anonymous, quota.clone()));
+    }
+    // Search degrades to keyword mode without embeddings: not critical.
+    let embeddings = match &app.config.embeddings {
+        Some(provider) => Some(
+            run_check(
+                "embeddings",
+                false,
+                timeout,
+                health::check_embeddings(&app.http, provider),
+            )
+            .await,
+        ),
+        None => None,
+    };
+    let checks: Vec<Check> = std::iter::once(database).chain(embeddings).collect();
+
+    let ready = checks.iter().all(|c| !c.critical || c.outcome.is_ok());
+    let mut body = Map::new();
+    for check in &checks {
+        let mut entry = json!({
+            "status": if check.outcome.is_ok() { "ok" } else { "error" },
+            "latency_ms": check.latency.as_millis() as u64,
+            "critical": check.critical,
+        });
+        if let Err(error) = &check.outcome {
+            entry["error"] = Value::String(error.clone());
+        }
+        body.insert(check.name.to_owned(), entry);
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut response = json_response(
+        status,
+        &json!({ "ready": ready, "checks": body, "timestamp": now_rfc3339() }),
+    );
+    if !ready {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
+        );
+    }
+    Ok(response)
+}
+
+/// Raises an error on purpose so operators can watch it arrive in Sentry.
+/// Open outside production; in production it needs the admin key.
+pub async fn test_error(app: Arc<App>, request: ApiRequest) -> HandlerResult {
+    if app.config.is_production() {
+        auth::require_admin(&app, &request)?;
+    }
+    if request.query_param("kind").as_deref() == Some("panic") {
+        panic!("test panic requested through /api/test-error");
+    }
+    Err(ApiError::internal(
+        anyhow!("this error was requested through /api/test-error")
+            .context("Keel test error: Sentry is receiving events"),
+    ))
+}
+
+/// `GET /api/metrics` (`Authorization: Bearer $METRICS_TOKEN`).
+pub async fn metrics(app: Arc<App>, request: ApiRequest) -> HandlerResult {
+    auth::require_secret(app.config.metrics_token.as_ref(), &request)?;
+    let snapshot = app.db.run(&KeelMetrics {}).await?;
+    let mut response = Response::new(Bytes::from(metrics::exposition(&app.config, &snapshot)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+/// `GET /api/cron/maintenance`.
+pub async fn maintenance(app: Arc<App>, request: ApiRequest) -> HandlerResult {
+    auth::require_cron(&app, &request)?;
+    let model = &app.knowledge.model;
+    let report =
+        maintenance::run(&app.db, &app.config.tasks, &model.name, model.dimensions).await?;
+    tracing::info!(?report, "maintenance finished");
+    json_of(StatusCode::OK, &report)
+}

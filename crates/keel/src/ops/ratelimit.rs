@@ -1,0 +1,273 @@
+//! Request quotas: per tenant on tenant-key routes, per client address on
+//! unauthenticated ones, with limits from config (`RATE_LIMIT_*`).
+//!
+//! Serverless instances share no memory, so the count lives in Postgres
+//! (migrations/0005). A route declares its [`Scope`]; each request gets a
+//! [`RateGate`], and the first database call made on the request's behalf goes
+//! through `keel_gated`, which authenticates, takes one request from the quota
+//! and runs the call in the same round trip. A refused request runs nothing
+//! and answers 429 with `Retry-After`; every charged response carries
+//! `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` and
+//! `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
+
+use std::net::IpAddr;
+use std::sync::OnceLock;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::platform::config::RateLimitSettings;
+use crate::platform::db::{Db, DbError, SqlFunction};
+
+/// Which quota a route draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `POST /api/search`, per tenant.
+    Search,
+    /// Every other tenant-key route, per tenant.
+    Tenant,
+    /// Unauthenticated routes that reach the database, per client address.
+    Anonymous,
+    /// Webhook intake, per client address.
+    Webhook,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Search => "search",
+            Scope::Tenant => "tenant",
+            Scope::Anonymous => "anonymous",
+            Scope::Webhook => "webhook",
+        }
+    }
+
+    fn per_minute(self, settings: &RateLimitSettings) -> u32 {
+        match self {
+            Scope::Search => settings.search_per_minute,
+            Scope::Tenant => settings.tenant_per_minute,
+            Scope::Anonymous => settings.anonymous_per_minute,
+            Scope::Webhook => settings.webhook_per_minute,
+        }
+    }
+
+    fn per_address(self) -> bool {
+        matches!(self, Scope::Anonymous | Scope::Webhook)
+    }
+}
+
+/// The state of one bucket after a request was counted (or refused).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Quota {
+    pub allowed: bool,
+    pub limit: u32,
+    pub remaining: u32,
+    /// Seconds until the oldest counted request leaves the window.
+    pub reset: u64,
+    /// Window length in seconds.
+    pub window: u64,
+}
+
+impl Quota {
+    pub fn insert_headers(&self, headers: &mut HeaderMap) {
+        let mut set = |name: &'static str, value: String| {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        };
+        set("ratelimit-limit", self.limit.to_string());
+        set("ratelimit-remaining", self.remaining.to_string());
+        set("ratelimit-reset", self.reset.to_string());
+        set(
+            "ratelimit-policy",
+            format!("{};w={}", self.limit, self.window),
+        );
+    }
+}
+
+#[derive(Debug)]
+struct Plan {
+    scope: Scope,
+    per_minute: u32,
+    client_ip: Option<IpAddr>,
+}
+
+/// One request's quota: charged by the first database call made for it.
+#[derive(Debug, Default)]
+pub struct RateGate {
+    plan: Option<Plan>,
+    charged: OnceLock<Quota>,
+}
+
+/// Why a gated call did not return a result.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("rate limit exceeded on {} routes", .0.as_str())]
+    Refused(Scope, Quota),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// `keel_gated`: authenticates, takes one request from the quota named in
+/// `limit` and, if allowed, runs `function(args)`, in one round trip.
+#[derive(Serialize)]
+struct KeelGated<'a, F> {
+    function: &'static str,
+    args: &'a F,
+    limit: Limit,
+}
+
+#[derive(Serialize)]
+struct Limit {
+    scope: &'static str,
+    per_minute: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_ip: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Gated {
+    quota: Quota,
+    /// The wrapped function's result, decoded once the quota allowed it.
+    #[serde(default)]
+    result: Value,
+}
+
+impl<F: SqlFunction> SqlFunction for KeelGated<'_, F> {
+    const NAME: &'static str = "keel_gated";
+    type Output = Gated;
+}
+
+impl RateGate {
+    /// The gate for a request to a route of `scope` (none: not limited). A
+    /// per-address scope without a known address is not limited: every
+    /// platform Keel runs on reports the address, and one shared bucket for
+    /// "unknown" would let one client lock out all others.
+    pub fn new(
+        scope: Option<Scope>,
+        settings: &RateLimitSettings,
+        client_ip: Option<IpAddr>,
+    ) -> Self {
+        let plan = scope
+            .filter(|scope| !scope.per_address() || client_ip.is_some())
+            .map(|scope| Plan {
+                scope,
+                per_minute: scope.per_minute(settings),
+                client_ip: client_ip.filter(|_| scope.per_address()),
+            });
+        Self {
+            plan,
+            charged: OnceLock::new(),
+        }
+    }
+
+    /// The quota this request was charged, once a call went through the gate.
+    pub fn quota(&self) -> Option<&Quota> {
+        self.charged.get()
+    }
+
+    /// Runs `F`; the request's first call also takes one request from its
+    /// quota, or fails with 429 without running.
+    pub async fn run<F: SqlFunction>(&self, db: &Db, args: &F) -> Result<F::Output, GateError> {
+        let plan = match &self.plan {
+            Some(plan) if self.charged.get().is_none() => plan,
+            _ => return Ok(db.run(args).await?),
+        };
+        let gated = db
+            .run(&KeelGated {
+                function: F::NAME,
+                args,
+                limit: Limit {
+                    scope: plan.scope.as_str(),
+                    per_minute: plan.per_minute,
+                    client_ip: plan.client_ip.map(|ip| ip.to_string()),
+                },
+            })
+            .await?;
+        let quota = self.charged.get_or_init(|| gated.quota);
+        if !quota.allowed {
+            return Err(GateError::Refused(plan.scope, quota.clone()));
+        }
+        serde_json::from_value(gated.result).map_err(|e| {
+            GateError::Db(DbError::Protocol {
+                function: F::NAME,
+                reason: format!("result does not match the expected shape: {e}"),
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> RateLimitSettings {
+        RateLimitSettings {
+            search_per_minute: 60,
+            tenant_per_minute: 300,
+            anonymous_per_minute: 30,
+            webhook_per_minute: 600,
+        }
+    }
+
+    #[test]
+    fn quota_headers_follow_the_ratelimit_fields_draft() {
+        let quota = Quota {
+            allowed: true,
+            limit: 60,
+            remaining: 59,
+            reset: 42,
+            window: 60,
+        };
+        let mut headers = HeaderMap::new();
+        quota.insert_headers(&mut headers);
+        assert_eq!(headers["ratelimit-limit"], "60");
+        assert_eq!(headers["ratelimit-remaining"], "59");
+        assert_eq!(headers["ratelimit-reset"], "42");
+        assert_eq!(headers["ratelimit-policy"], "60;w=60");
+    }
+
+    #[test]
+    fn gates_pick_the_scope_limit_and_key_per_address_scopes_by_address() {
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        let cases = [
+            (
+                Some(Scope::Search),
+                Some(ip),
+                Some((60, None)),
+                "tenant scope ignores the address",
+            ),
+            (
+                Some(Scope::Tenant),
+                None,
+                Some((300, None)),
+                "tenant scope needs no address",
+            ),
+            (
+                Some(Scope::Anonymous),
+                Some(ip),
+                Some((30, Some(ip))),
+                "per address",
+            ),
+            (
+                Some(Scope::Webhook),
+                Some(ip),
+                Some((600, Some(ip))),
+                "per address",
+            ),
+            (
+                Some(Scope::Anonymous),
+                None,
+                None,
+                "no address, no shared bucket",
+            ),
+            (None, Some(ip), None, "route without a scope"),
+        ];
+        for (scope, client_ip, expected, reason) in cases {
+            let gate = RateGate::new(scope, &settings(), client_ip);
+            let plan = gate.plan.map(|p| (p.per_minute, p.client_ip));
+            assert_eq!(plan, expected, "{reason}");
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! The platform every area builds on, and which knows no area: configuration,
+//! the database transports, TLS, cryptography, the SSRF-guarded outbound
+//! client, and telemetry.
+
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod fetch;
+pub mod telemetry;
+pub mod tls;

@@ -1,0 +1,18 @@
+//! The web layer: the request pipeline, what handlers see of a request
+//! ([`ApiRequest`]), routes, responses, [`ApiError`] (the one place errors
+//! become HTTP) and the runtime adapters for Vercel, Lambda and a local
+//! server. With the areas' `handlers.rs`, the only code that names
+//! `ApiRequest` or `ApiError`.
+
+pub mod auth;
+pub mod error;
+pub mod pipeline;
+pub mod request;
+pub mod response;
+pub mod routing;
+pub mod runtime;
+
+pub use error::ApiError;
+pub use request::ApiRequest;
+pub use response::{json_of, json_response, page_response};
+pub use routing::{HandlerResult, Route, Router};

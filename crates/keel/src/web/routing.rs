@@ -1,0 +1,173 @@
+//! Routes and routing: a path pattern such as `/api/tenants/{slug}/keys`,
+//! the methods it answers and its handler, and the [`Router`] that finds the
+//! route for a request (every route on the dev server, one in a deployed
+//! function).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Response};
+
+use super::error::ApiError;
+use super::request::{ApiRequest, percent_decode, query_param};
+use crate::app::App;
+use crate::ops::ratelimit::Scope;
+
+pub type HandlerResult = Result<Response<Bytes>, ApiError>;
+pub type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
+pub type Handler = fn(Arc<App>, ApiRequest) -> HandlerFuture;
+
+/// One route: a path pattern such as `/api/tenants/{slug}/keys`, the methods
+/// it answers, and its handler.
+#[derive(Clone)]
+pub struct Route {
+    pub path: &'static str,
+    pub methods: &'static [Method],
+    pub handler: Handler,
+    /// Liveness must answer even in maintenance mode.
+    pub exempt_from_maintenance: bool,
+    /// The quota requests to this route draw from (none: not limited).
+    pub rate_scope: Option<Scope>,
+}
+
+impl Route {
+    pub const fn new(path: &'static str, methods: &'static [Method], handler: Handler) -> Self {
+        Self {
+            path,
+            methods,
+            handler,
+            exempt_from_maintenance: false,
+            rate_scope: None,
+        }
+    }
+
+    pub const fn rate_limited(mut self, scope: Scope) -> Self {
+        self.rate_scope = Some(scope);
+        self
+    }
+
+    pub const fn exempt_from_maintenance(mut self) -> Self {
+        self.exempt_from_maintenance = true;
+        self
+    }
+
+    pub(super) fn allows(&self, method: &Method) -> bool {
+        self.methods.contains(method)
+            || (method == Method::HEAD && self.methods.contains(&Method::GET))
+    }
+
+    pub(super) fn allow_header(&self) -> String {
+        let mut methods: Vec<&str> = self.methods.iter().map(Method::as_str).collect();
+        methods.push("OPTIONS");
+        methods.join(", ")
+    }
+
+    /// Matches `path` segment by segment; `{name}` captures one segment.
+    fn match_path(&self, path: &str) -> Option<Vec<(String, String)>> {
+        let mut params = Vec::new();
+        let mut pattern = self.path.trim_end_matches('/').split('/');
+        let mut actual = path.trim_end_matches('/').split('/');
+        loop {
+            match (pattern.next(), actual.next()) {
+                (None, None) => return Some(params),
+                (Some(p), Some(a)) if p.starts_with('{') && p.ends_with('}') && !a.is_empty() => {
+                    params.push((p[1..p.len() - 1].to_owned(), percent_decode(a)));
+                }
+                (Some(p), Some(a)) if p == a => {}
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// The routes one process serves: every route (dev server) or one route (a
+/// deployed function).
+pub struct Router {
+    routes: Vec<Route>,
+    /// A deployed function answers for its one route whatever path the
+    /// platform forwards (rewrites may pass path parameters as query string).
+    single_function: bool,
+}
+
+impl Router {
+    pub fn all(routes: Vec<Route>) -> Self {
+        Self {
+            routes,
+            single_function: false,
+        }
+    }
+
+    pub fn function(route: Route) -> Self {
+        Self {
+            routes: vec![route],
+            single_function: true,
+        }
+    }
+
+    pub(super) fn find(
+        &self,
+        path: &str,
+        query: Option<&str>,
+    ) -> Option<(&Route, Vec<(String, String)>)> {
+        if let Some(found) = self
+            .routes
+            .iter()
+            .find_map(|route| route.match_path(path).map(|params| (route, params)))
+        {
+            return Some(found);
+        }
+        if self.single_function {
+            let route = &self.routes[0];
+            let params = pattern_params(route.path)
+                .filter_map(|name| query_param(query, name).map(|value| (name.to_owned(), value)))
+                .collect();
+            return Some((route, params));
+        }
+        None
+    }
+}
+
+fn pattern_params(pattern: &str) -> impl Iterator<Item = &str> {
+    pattern
+        .split('/')
+        .filter(|s| s.starts_with('{') && s.ends_with('}'))
+        .map(|s| &s[1..s.len() - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noop(_: Arc<App>, _: ApiRequest) -> HandlerFuture {
+        Box::pin(async { Ok(Response::new(Bytes::new())) })
+    }
+
+    #[test]
+    fn path_patterns_capture_segments_and_decode_them() {
+        let route = Route::new("/api/tenants/{slug}/keys", &[Method::POST], noop);
+        assert_eq!(
+            route.match_path("/api/tenants/joe%27s-diner/keys"),
+            Some(vec![("slug".to_owned(), "joe's-diner".to_owned())])
+        );
+        assert_eq!(route.match_path("/api/tenants//keys"), None);
+        assert_eq!(route.match_path("/api/tenants/a/keys/extra"), None);
+        assert!(route.match_path("/api/tenants/a/keys/").is_some());
+    }
+
+    #[test]
+    fn a_function_takes_path_parameters_from_the_query_when_rewritten() {
+        let router = Router::function(Route::new(
+            "/api/tenants/{slug}/keys",
+            &[Method::POST],
+            noop,
+        ));
+        let (_, params) = router
+            .find("/api/tenant-keys", Some("slug=acme&x=1"))
+            .unwrap();
+        assert_eq!(params, vec![("slug".to_owned(), "acme".to_owned())]);
+        let all = Router::all(vec![Route::new("/api/health", &[Method::GET], noop)]);
+        assert!(all.find("/api/nope", None).is_none());
+    }
+}

@@ -1,0 +1,366 @@
+//! Runtime adapters. A route binary calls [`run`], which builds the app once
+//! per cold start and hands the shared handler ([`super::pipeline::handle`]) to
+//! whichever platform is present:
+//!
+//! - Vercel (`VERCEL=1` or `VERCEL_IPC_PATH`): `vercel_runtime` 2.x;
+//! - AWS Lambda (`AWS_LAMBDA_RUNTIME_API`): `lambda_http`, for API Gateway REST
+//!   (v1), HTTP API (v2), function URLs and ALB, with the stage prefix removed;
+//! - anywhere else: a plain HTTP/1.1 server on `PORT` (default 3000).
+//!
+//! Each adapter only converts bodies and paths; no logic lives here.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Limited};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use super::error::ApiError;
+use super::pipeline::handle;
+use super::routing::{Route, Router};
+use crate::app::App;
+use crate::platform::config::Config;
+use crate::platform::telemetry;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    Vercel,
+    Lambda,
+    Local,
+}
+
+impl Platform {
+    pub fn detect(var: impl Fn(&str) -> Option<String>) -> Self {
+        if var("VERCEL").as_deref() == Some("1") || var("VERCEL_IPC_PATH").is_some() {
+            Platform::Vercel
+        } else if var("AWS_LAMBDA_RUNTIME_API").is_some() {
+            Platform::Lambda
+        } else {
+            Platform::Local
+        }
+    }
+}
+
+/// The `main` of every route binary.
+pub fn run(route: Route) -> ExitCode {
+    serve_blocking(Router::function(route))
+}
+
+/// Builds config, telemetry and the app, then serves `router` on the detected
+/// platform until it stops.
+pub fn serve_blocking(router: Router) -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let app = match App::new(config) {
+            Ok(app) => app,
+            Err(error) => {
+                eprintln!("cannot start keel: {error:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        telemetry::init(&app.config, &app.http);
+        let router = Arc::new(router);
+        let platform = Platform::detect(|name| std::env::var(name).ok());
+        let result = match platform {
+            Platform::Vercel => vercel(app, router).await,
+            Platform::Lambda => lambda(app, router).await,
+            Platform::Local => {
+                let address = SocketAddr::from(([127, 0, 0, 1], app.config.port));
+                match TcpListener::bind(address).await {
+                    Ok(listener) => {
+                        tracing::info!("listening on http://{address}");
+                        serve_local(listener, app, router, shutdown_signal()).await;
+                        Ok(())
+                    }
+                    Err(error) => Err(format!("cannot listen on {address}: {error}").into()),
+                }
+            }
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(%error, ?platform, "runtime stopped");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Reads a body, refusing more than `limit` bytes without buffering them.
+async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::payload_too_large(limit))
+        }
+        Err(error) => Err(ApiError::bad_request(
+            "invalid_body",
+            format!("could not read the request body: {error}"),
+        )),
+    }
+}
+
+async fn vercel(app: Arc<App>, router: Arc<Router>) -> Result<(), BoxError> {
+    let service = vercel_runtime::service_fn(move |request: vercel_runtime::Request| {
+        let app = app.clone();
+        let router = router.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = read_body(body, app.config.max_body_bytes).await;
+            let response = handle(app, &router, http::Request::from_parts(parts, body), None).await;
+            Ok::<_, vercel_runtime::Error>(response.map(vercel_runtime::ResponseBody::from))
+        }
+    });
+    vercel_runtime::run(service).await
+}
+
+async fn lambda(app: Arc<App>, router: Arc<Router>) -> Result<(), BoxError> {
+    let service = lambda_http::service_fn(move |request: lambda_http::Request| {
+        let app = app.clone();
+        let router = router.clone();
+        async move {
+            let (stage, peer) = lambda_context(&request);
+            let (mut parts, body) = request.into_parts();
+            let body = Bytes::from(body.to_vec());
+            let path = strip_stage(parts.uri.path(), stage.as_deref());
+            parts.uri = with_path(&parts.uri, &path);
+            let body = Ok(body);
+            let response = handle(app, &router, http::Request::from_parts(parts, body), peer).await;
+            Ok::<_, lambda_http::Error>(to_lambda_response(response))
+        }
+    });
+    lambda_http::run(service).await
+}
+
+fn lambda_context(request: &lambda_http::Request) -> (Option<String>, Option<IpAddr>) {
+    use lambda_http::RequestExt as _;
+    use lambda_http::request::RequestContext;
+    match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV1(ctx)) => (
+            ctx.stage.clone(),
+            ctx.identity
+                .source_ip
+                .as_deref()
+                .and_then(|ip| ip.parse().ok()),
+        ),
+        Some(RequestContext::ApiGatewayV2(ctx)) => (
+            ctx.stage.clone(),
+            ctx.http.source_ip.as_deref().and_then(|ip| ip.parse().ok()),
+        ),
+        _ => (None, None),
+    }
+}
+
+/// `lambda_http` prefixes REST API paths with their stage (`/prod/api/health`);
+/// routes are declared without it.
+pub fn strip_stage(path: &str, stage: Option<&str>) -> String {
+    match stage {
+        Some(stage) if !stage.is_empty() && stage != "$default" => {
+            let prefix = format!("/{stage}");
+            match path.strip_prefix(&prefix) {
+                Some("") => "/".to_owned(),
+                Some(rest) if rest.starts_with('/') => rest.to_owned(),
+                _ => path.to_owned(),
+            }
+        }
+        _ => path.to_owned(),
+    }
+}
+
+fn with_path(uri: &http::Uri, path: &str) -> http::Uri {
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = path_and_query.parse().ok();
+    http::Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}
+
+fn to_lambda_response(response: http::Response<Bytes>) -> http::Response<lambda_http::Body> {
+    let (parts, body) = response.into_parts();
+    let textual = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json") || ct.starts_with("text/"));
+    let body = if body.is_empty() {
+        lambda_http::Body::Empty
+    } else if textual {
+        match String::from_utf8(body.to_vec()) {
+            Ok(text) => lambda_http::Body::Text(text),
+            Err(error) => lambda_http::Body::Binary(error.into_bytes()),
+        }
+    } else {
+        lambda_http::Body::Binary(body.to_vec())
+    };
+    http::Response::from_parts(parts, body)
+}
+
+/// Serves `router` over HTTP/1.1 on `listener` until `shutdown` resolves, then
+/// lets in-flight requests finish.
+pub async fn serve_local(
+    listener: TcpListener,
+    app: Arc<App>,
+    router: Arc<Router>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let app = app.clone();
+                let router = router.clone();
+                async move {
+                    let (parts, body) = request.into_parts();
+                    let body = read_body(body, app.config.max_body_bytes).await;
+                    let response = handle(
+                        app,
+                        &router,
+                        http::Request::from_parts(parts, body),
+                        Some(peer.ip()),
+                    )
+                    .await;
+                    Ok::<_, std::convert::Infallible>(response.map(http_body_util::Full::new))
+                }
+            });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(std::time::Duration::from_secs(10), connections.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("gave up waiting for in-flight requests");
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_platform_is_detected_vercel_first() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(
+            Platform::detect(env(&[("VERCEL", "1"), ("AWS_LAMBDA_RUNTIME_API", "x")])),
+            Platform::Vercel
+        );
+        assert_eq!(
+            Platform::detect(env(&[("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001")])),
+            Platform::Lambda
+        );
+        assert_eq!(Platform::detect(env(&[])), Platform::Local);
+    }
+
+    #[test]
+    fn the_rest_api_stage_prefix_is_removed_from_paths() {
+        let cases = [
+            (
+                "/prod/api/health",
+                Some("prod"),
+                "/api/health",
+                "REST API stage prefix",
+            ),
+            (
+                "/api/health",
+                Some("prod"),
+                "/api/health",
+                "custom domain without the stage",
+            ),
+            (
+                "/api/health",
+                Some("$default"),
+                "/api/health",
+                "HTTP API default stage",
+            ),
+            (
+                "/production/api/health",
+                Some("prod"),
+                "/production/api/health",
+                "prefix must end at a segment",
+            ),
+            ("/prod", Some("prod"), "/", "stage root"),
+            ("/api/health", None, "/api/health", "function URL"),
+        ];
+        for (path, stage, expected, reason) in cases {
+            assert_eq!(strip_stage(path, stage), expected, "{reason}");
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Signed webhook intake, processing and reconciliation.
+//!
+//! - [`endpoints`]: a tenant registers an endpoint and gets its `whsec_`
+//!   secret once (stored sealed with `ENCRYPTION_KEY`), and rotates it with a
+//!   grace period for the previous one.
+//! - [`intake`]: a delivery is verified ([`signatures`]), then stored with
+//!   its processing enqueued in one transaction before the 200; a
+//!   redelivery is a duplicate; a forged, stale or malformed one stores
+//!   nothing.
+//! - [`processing`] (task `webhook.process`) keeps a tenant's documents in
+//!   sync; [`reconcile`] (task `webhook.reconcile`) pulls an endpoint's
+//!   `pull_url` for events it missed.
+
+pub mod endpoints;
+pub mod handlers;
+pub mod intake;
+pub mod processing;
+pub mod reconcile;
+pub mod signatures;
+pub mod store;
+
+use crate::ops::ratelimit::GateError;
+use crate::platform::crypto::OpenError;
+use signatures::Rejection;
+
+/// Why a webhook operation did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// The delivery is malformed, stale or forged; nothing was stored.
+    #[error("delivery refused: {0:?}")]
+    Rejected(Rejection),
+    #[error("no webhook endpoint with this id")]
+    UnknownEndpoint,
+    #[error("webhook endpoints need ENCRYPTION_KEY to be configured")]
+    NoEncryptionKey,
+    /// A stored secret cannot be opened with the configured keys.
+    #[error("endpoint {endpoint}: {source}")]
+    Secret {
+        endpoint: String,
+        #[source]
+        source: OpenError,
+    },
+    #[error(transparent)]
+    Call(#[from] GateError),
+}
+
+impl From<Rejection> for WebhookError {
+    fn from(rejection: Rejection) -> Self {
+        WebhookError::Rejected(rejection)
+    }
+}

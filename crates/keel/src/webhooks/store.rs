@@ -1,0 +1,161 @@
+//! The webhook SQL functions Keel calls (migrations/0003, 0005), one typed
+//! binding each.
+
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ops::audit::Audit;
+use crate::platform::db::{Page, SqlFunction};
+
+/// `keel_create_webhook_endpoint`: a tenant's endpoint with its sealed secret.
+#[derive(Serialize)]
+pub struct CreateWebhookEndpoint<'a> {
+    pub source: &'a str,
+    pub pull_url: Option<&'a str>,
+    pub secret_ciphertext: &'a str,
+    pub key_id: &'a str,
+    pub audit: &'a Audit,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CreatedEndpoint {
+    pub id: String,
+    pub source: String,
+    pub pull_url: Option<String>,
+    pub created_at: String,
+}
+
+impl SqlFunction for CreateWebhookEndpoint<'_> {
+    const NAME: &'static str = "keel_create_webhook_endpoint";
+    type Output = CreatedEndpoint;
+}
+
+/// `keel_rotate_webhook_secret`: a new secret; the old one verifies for
+/// `grace_seconds` more.
+#[derive(Serialize)]
+pub struct RotateWebhookSecret<'a> {
+    pub id: &'a str,
+    pub secret_ciphertext: &'a str,
+    pub key_id: &'a str,
+    pub grace_seconds: u32,
+    pub audit: &'a Audit,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RotatedSecret {
+    pub id: String,
+    pub rotated_at: String,
+    pub previous_secret_expires_at: Option<String>,
+}
+
+impl SqlFunction for RotateWebhookSecret<'_> {
+    const NAME: &'static str = "keel_rotate_webhook_secret";
+    type Output = RotatedSecret;
+}
+
+/// `keel_webhook_endpoint`: what intake needs to verify a delivery. Not
+/// tenant-scoped: the endpoint id in the URL is all a sender has.
+#[derive(Serialize)]
+pub struct WebhookEndpoint<'a> {
+    pub id: &'a str,
+}
+
+#[derive(Deserialize)]
+pub struct EndpointRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub secret_ciphertext: String,
+    pub key_id: String,
+    /// Set while a rotated-out secret is within its grace period.
+    pub previous_secret_ciphertext: Option<String>,
+    pub previous_key_id: Option<String>,
+    pub pull_url: Option<String>,
+}
+
+impl SqlFunction for WebhookEndpoint<'_> {
+    const NAME: &'static str = "keel_webhook_endpoint";
+    type Output = EndpointRecord;
+}
+
+/// `keel_accept_webhook`: stores a verified delivery and enqueues its
+/// processing in one transaction; a known webhook id is a duplicate.
+#[derive(Serialize)]
+pub struct AcceptWebhook<'a> {
+    pub endpoint_id: &'a str,
+    pub webhook_id: &'a str,
+    pub event_type: &'a str,
+    pub payload: &'a Value,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Accepted {
+    pub duplicate: bool,
+}
+
+impl SqlFunction for AcceptWebhook<'_> {
+    const NAME: &'static str = "keel_accept_webhook";
+    type Output = Accepted;
+}
+
+/// `keel_count_webhook_rejection`: counts a refused delivery for metrics.
+#[derive(Serialize)]
+pub struct CountWebhookRejection {}
+
+impl SqlFunction for CountWebhookRejection {
+    const NAME: &'static str = "keel_count_webhook_rejection";
+    type Output = IgnoredAny;
+}
+
+/// `keel_webhook_delivery`: one stored delivery of the tenant, or nothing
+/// once retention pruned it.
+#[derive(Serialize)]
+pub struct WebhookDelivery {
+    pub id: i64,
+}
+
+#[derive(Deserialize)]
+pub struct Delivery {
+    pub id: i64,
+    pub event_type: String,
+    pub payload: Value,
+}
+
+impl SqlFunction for WebhookDelivery {
+    const NAME: &'static str = "keel_webhook_delivery";
+    type Output = Option<Delivery>;
+}
+
+/// `keel_finish_webhook_delivery`: `processed`, `stored` or `failed`.
+#[derive(Serialize)]
+pub struct FinishWebhookDelivery<'a> {
+    pub id: i64,
+    pub status: &'a str,
+}
+
+impl SqlFunction for FinishWebhookDelivery<'_> {
+    const NAME: &'static str = "keel_finish_webhook_delivery";
+    type Output = IgnoredAny;
+}
+
+/// `keel_list_webhook_deliveries`: the tenant's deliveries, oldest first.
+#[derive(Serialize)]
+pub struct ListWebhookDeliveries<'a> {
+    pub limit: u32,
+    pub cursor: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeliverySummary {
+    pub webhook_id: String,
+    pub endpoint_id: String,
+    pub event_type: String,
+    pub received_at: String,
+    pub status: String,
+    pub payload: Value,
+}
+
+impl SqlFunction for ListWebhookDeliveries<'_> {
+    const NAME: &'static str = "keel_list_webhook_deliveries";
+    type Output = Page<DeliverySummary>;
+}
