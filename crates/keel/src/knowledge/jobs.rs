@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::store::{ClaimEmbeddingJobs, CompleteEmbeddingJobs, EmbeddedJob, FailedJob};
 use super::{Knowledge, KnowledgeError};
 use crate::ops::ratelimit::GateError;
+use crate::platform::budget::Budget;
 use crate::platform::db::{Db, SqlFunction};
 use crate::tenants::TenantRef;
 
@@ -48,18 +49,12 @@ pub async fn run(
     budget: Duration,
 ) -> Result<RunReport, KnowledgeError> {
     let embedder = knowledge.embedder()?;
-    let started = Instant::now();
-    let deadline = started + budget;
+    let mut budget = Budget::new(budget);
     let model = &knowledge.model;
     let settings = &knowledge.embedding;
     let requests_before = embedder.requests_sent();
     let mut report = RunReport::default();
-    let mut slowest_batch = Duration::ZERO;
-    loop {
-        // Stop while a batch as slow as the slowest so far still fits.
-        if Instant::now() + slowest_batch >= deadline {
-            break;
-        }
+    while budget.has_room() {
         let batch_started = Instant::now();
         let claim = run_for(
             db,
@@ -76,7 +71,7 @@ pub async fn run(
             break;
         }
         let inputs: Vec<String> = claim.jobs.iter().map(|job| job.input.clone()).collect();
-        let outcome = embedder.embed(model, &inputs, deadline).await;
+        let outcome = embedder.embed(model, &inputs, budget.deadline()).await;
         let provider_failed = outcome.is_err();
         let message = outcome.as_ref().err().map(ToString::to_string);
         let (embedded, failed) = match outcome {
@@ -127,7 +122,7 @@ pub async fn run(
         report.failed += completion.failed;
         report.remaining = completion.remaining;
         report.batches += 1;
-        slowest_batch = slowest_batch.max(batch_started.elapsed());
+        budget.finished_round(batch_started);
         // The provider failed even after its retries: stop hammering it; the
         // jobs come back after their backoff, in a later run.
         if provider_failed {

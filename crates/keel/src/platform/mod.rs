@@ -2,6 +2,7 @@
 //! the database transports, TLS, cryptography, the SSRF-guarded outbound
 //! client, and telemetry.
 
+pub mod budget;
 pub mod config;
 pub mod crypto;
 pub mod db;

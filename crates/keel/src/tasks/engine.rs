@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::store::{ClaimTasks, CompleteTask, TaskBacklog};
 use super::{TaskError, TaskKind};
+use crate::platform::budget::Budget;
 use crate::platform::db::{Db, DbError};
 
 /// Tasks claimed per round trip; they run concurrently.
@@ -33,13 +34,13 @@ pub async fn run<C: Clone + Send + 'static>(
     budget: Duration,
     retry_base: Duration,
 ) -> Result<RunReport, DbError> {
-    let deadline = Instant::now() + budget;
     // The lease outlives the run: only a dead worker's tasks are taken over.
     let lease = budget + Duration::from_secs(60);
+    let mut budget = Budget::new(budget);
+    let deadline = budget.deadline();
     let mut report = RunReport::default();
-    let mut slowest = Duration::ZERO;
     loop {
-        if Instant::now() + slowest >= deadline {
+        if !budget.has_room() {
             report.remaining = db.run(&TaskBacklog {}).await?.due;
             return Ok(report);
         }
@@ -108,6 +109,6 @@ pub async fn run<C: Clone + Send + 'static>(
                 _ => report.failed += 1,
             }
         }
-        slowest = slowest.max(round.elapsed());
+        budget.finished_round(round);
     }
 }
