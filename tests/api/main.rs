@@ -10,6 +10,7 @@ mod helpers;
 mod http_conventions;
 mod operations;
 mod postgrest;
+mod privileges;
 mod rate_limits;
 mod ready;
 mod search;
