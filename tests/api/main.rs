@@ -3,6 +3,7 @@
 
 mod binaries;
 mod database;
+mod dev_secrets;
 mod documents;
 mod embedding_worker;
 mod health;
