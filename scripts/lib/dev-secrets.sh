@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Settings of scripts/server, sourced from the repository root (also by
 # tests/api/dev_secrets.rs, which runs these functions in a scratch directory).
 
