@@ -3,6 +3,7 @@
 
 mod binaries;
 mod database;
+mod dev_secrets;
 mod documents;
 mod embedding_worker;
 mod health;
@@ -10,6 +11,7 @@ mod helpers;
 mod http_conventions;
 mod operations;
 mod postgrest;
+mod privileges;
 mod rate_limits;
 mod ready;
 mod search;
