@@ -618,3 +618,268 @@ async fn bad_rotation_requests_are_refused_naming_the_problem() {
         0
     );
 }
+
+fn upserted_at(id: &str, content: &str, timestamp: &str) -> Value {
+    json!({"type": "document.upserted", "timestamp": timestamp,
+           "data": {"documents": [{"id": id, "title": "Menu", "content": content}]}})
+}
+
+async fn content_of(app: &TestApp, id: &str) -> Option<String> {
+    app.db
+        .connect()
+        .await
+        .query_opt(
+            "select string_agg(c.content, ' ' order by c.chunk_index) from keel.documents d
+             join keel.chunks c on c.document_id = d.id where d.external_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .and_then(|row| row.get(0))
+}
+
+#[tokio::test]
+async fn an_older_event_processed_after_a_newer_one_does_not_overwrite_it() {
+    let app = spawn_app().await;
+    let (_, endpoint, secret) = tenant_with_endpoint(&app).await;
+    let newer = upserted_at("menu", "Autumn menu: pumpkin soup.", "2026-11-21T12:00:00Z");
+    let older = upserted_at("menu", "Summer menu: gazpacho.", "2026-11-21T09:00:00Z");
+    app.deliver(&endpoint, &secret, "evt_newer", &newer).await;
+    app.run_cron("/api/cron/tasks").await;
+
+    // The older event arrives late (a retrying sender, a slow task).
+    app.deliver(&endpoint, &secret, "evt_older", &older).await;
+    let report = app.run_cron("/api/cron/tasks").await;
+
+    assert_eq!(
+        report["succeeded"], 1,
+        "skipping a stale event is a success"
+    );
+    assert_eq!(
+        content_of(&app, "menu").await.as_deref(),
+        Some("Autumn menu: pumpkin soup.")
+    );
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries where status = 'processed'")
+            .await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_replayed_older_upsert_cannot_resurrect_a_deleted_document() {
+    let app = spawn_app_with(|_, vars| {
+        vars.insert("ALLOW_PRIVATE_PULL_URLS".into(), "true".into());
+    })
+    .await;
+    let key = app.create_tenant("shop").await;
+    let created = upserted_at("menu", "Soup.", "2026-11-21T09:00:00Z");
+    let deleted = json!({"type": "document.deleted", "timestamp": "2026-11-21T10:00:00Z", "data": {"id": "menu"}});
+    // The sender's event log: the pull endpoint lists the creation under an
+    // id the webhook delivery did not use (as when a webhook was missed and
+    // later retried under a new id).
+    let pull_url = pull_server(json!([
+        {"id": "evt_created_replayed", "type": "document.upserted",
+         "timestamp": created["timestamp"], "data": created["data"]},
+    ]))
+    .await;
+    let (endpoint, secret) = app
+        .create_webhook_endpoint(&key, json!({"source": "cms", "pull_url": pull_url}))
+        .await;
+    app.deliver(&endpoint, &secret, "evt_created", &created)
+        .await;
+    app.run_cron("/api/cron/tasks").await;
+    app.deliver(&endpoint, &secret, "evt_deleted", &deleted)
+        .await;
+    app.run_cron("/api/cron/tasks").await;
+    assert_eq!(app.count("select count(*) from keel.documents").await, 0);
+
+    app.run_cron("/api/cron/maintenance").await; // schedules the reconciliation
+    app.run_cron("/api/cron/tasks").await; // pulls the replayed creation
+    app.run_cron("/api/cron/tasks").await; // processes it
+
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries where webhook_id = 'evt_created_replayed' and status = 'processed'")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.count("select count(*) from keel.documents").await,
+        0,
+        "the tombstone keeps it deleted"
+    );
+    assert_eq!(
+        app.count("select count(*) from keel.tasks where status <> 'succeeded'")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn concurrent_events_for_one_document_end_with_the_newest() {
+    let app = spawn_app_with(|_, vars| {
+        vars.insert("TASK_RETRY_BASE_SECONDS".into(), "0".into());
+    })
+    .await;
+    let (_, endpoint, secret) = tenant_with_endpoint(&app).await;
+    for hour in 10..16 {
+        let event = upserted_at(
+            "menu",
+            &format!("Menu of {hour}:00."),
+            &format!("2026-11-21T{hour}:00:00Z"),
+        );
+        app.deliver(&endpoint, &secret, &format!("evt_{hour}"), &event)
+            .await;
+    }
+
+    // The batch runs them all at once; any that had to wait retries.
+    for _ in 0..10 {
+        if app.run_cron("/api/cron/tasks").await["ran"] == 0 {
+            break;
+        }
+    }
+
+    assert_eq!(
+        content_of(&app, "menu").await.as_deref(),
+        Some("Menu of 15:00.")
+    );
+    assert_eq!(
+        app.count("select count(*) from keel.tasks where status = 'succeeded'")
+            .await,
+        6
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_over_its_daily_webhook_bytes_is_refused_with_webhook_quota_exceeded() {
+    let app = spawn_app_with(|_, vars| {
+        vars.insert("TENANT_WEBHOOK_BYTES_PER_DAY".into(), "1000".into());
+    })
+    .await;
+    let (_, endpoint, secret) = tenant_with_endpoint(&app).await;
+    let event = upserted("menu", &"x".repeat(300));
+    for i in 0..2 {
+        let accepted = app
+            .deliver(&endpoint, &secret, &format!("evt_{i}"), &event)
+            .await;
+        assert_eq!(accepted.status(), 200);
+    }
+
+    let refused = app.deliver(&endpoint, &secret, "evt_2", &event).await;
+
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=86_400).contains(&retry_after),
+        "until the next UTC day"
+    );
+    assert_eq!(error_body(refused).await["code"], "webhook_quota_exceeded");
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries")
+            .await,
+        2
+    );
+    // A redelivery of an accepted event is still just a duplicate.
+    let again = app.deliver(&endpoint, &secret, "evt_0", &event).await;
+    assert_eq!(again.status(), 200);
+    // Another tenant has its own quota.
+    let other = app.create_tenant("other").await;
+    let (other_endpoint, other_secret) = app
+        .create_webhook_endpoint(&other, json!({"source": "cms"}))
+        .await;
+    assert_eq!(
+        app.deliver(&other_endpoint, &other_secret, "evt_0", &event)
+            .await
+            .status(),
+        200
+    );
+    // Tomorrow (simulated by moving today's usage to yesterday) it is admitted.
+    app.db
+        .connect()
+        .await
+        .execute("update keel.tenant_daily_usage set day = day - 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        app.deliver(&endpoint, &secret, "evt_2", &event)
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn pull_endpoints_past_the_quota_are_refused_with_pull_endpoint_limit() {
+    let app = spawn_app_with(|_, vars| {
+        vars.insert("TENANT_MAX_PULL_ENDPOINTS".into(), "2".into());
+    })
+    .await;
+    let key = app.create_tenant("shop").await;
+    let pulling = json!({"source": "cms", "pull_url": "https://cms.example.com/events"});
+    app.create_webhook_endpoint(&key, pulling.clone()).await;
+    app.create_webhook_endpoint(&key, pulling.clone()).await;
+
+    let refused = app
+        .post_json("/api/webhooks/endpoints", &key, &pulling)
+        .await;
+
+    assert_eq!(refused.status(), 409);
+    assert_eq!(error_body(refused).await["code"], "pull_endpoint_limit");
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_endpoints")
+            .await,
+        2
+    );
+    // Push-only endpoints cost no pulls and are not counted.
+    app.create_webhook_endpoint(&key, json!({"source": "vapi"}))
+        .await;
+}
+
+#[tokio::test]
+async fn a_deliveries_page_stays_under_four_megabytes_and_the_cursor_reaches_every_delivery() {
+    let app = spawn_app().await;
+    let (key, endpoint, secret) = tenant_with_endpoint(&app).await;
+    for i in 0..5 {
+        let event = json!({"type": "call.ended", "transcript": format!("{i}").repeat(1_500_000)});
+        assert_eq!(
+            app.deliver(&endpoint, &secret, &format!("call_{i}"), &event)
+                .await
+                .status(),
+            200
+        );
+    }
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let path = match &cursor {
+            Some(cursor) => format!("/api/webhooks/deliveries?limit=200&cursor={cursor}"),
+            None => "/api/webhooks/deliveries?limit=200".to_owned(),
+        };
+        let response = app
+            .client
+            .get(app.url(&path))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.bytes().await.unwrap();
+        assert!(body.len() <= 4_000_000, "a page of {} bytes", body.len());
+        let page: Value = serde_json::from_slice(&body).unwrap();
+        for delivery in page["deliveries"].as_array().unwrap() {
+            assert!(delivery["payload"]["transcript"].is_string());
+            seen.push(delivery["webhook_id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+
+    assert_eq!(seen, ["call_0", "call_1", "call_2", "call_3", "call_4"]);
+}

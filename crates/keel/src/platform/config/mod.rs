@@ -26,7 +26,7 @@ pub use knowledge::{
     EmbeddingSettings, EmbeddingsProviderConfig, IngestLimits, OPENAI_DEFAULT_BASE_URL,
     SearchSettings,
 };
-pub use operations::{RateLimitSettings, SentryConfig, TaskSettings};
+pub use operations::{RateLimitSettings, SentryConfig, TaskSettings, TenantQuotas};
 use vars::Vars;
 
 /// Where the deployment runs; decides log format, HSTS and strictness.
