@@ -883,3 +883,28 @@ async fn a_deliveries_page_stays_under_four_megabytes_and_the_cursor_reaches_eve
 
     assert_eq!(seen, ["call_0", "call_1", "call_2", "call_3", "call_4"]);
 }
+
+#[tokio::test]
+async fn a_payload_over_the_page_bound_is_listed_without_its_payload_and_the_page_continues() {
+    let app = spawn_app().await;
+    let (key, endpoint, secret) = tenant_with_endpoint(&app).await;
+    let huge = json!({"type": "call.ended", "transcript": "x".repeat(3_700_000)});
+    let small = json!({"type": "call.ended", "transcript": "Thanks, bye."});
+    app.deliver(&endpoint, &secret, "call_huge", &huge).await;
+    app.deliver(&endpoint, &secret, "call_small", &small).await;
+
+    let first: Value = app.get_json("/api/webhooks/deliveries", &key).await;
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second: Value = app
+        .get_json(&format!("/api/webhooks/deliveries?cursor={cursor}"), &key)
+        .await;
+
+    let listed = &first["deliveries"][0];
+    assert_eq!(first["deliveries"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["webhook_id"], "call_huge");
+    assert_eq!(listed["payload"], Value::Null);
+    assert!(listed["payload_bytes"].as_u64().unwrap() > 3_700_000);
+    assert_eq!(second["deliveries"][0]["webhook_id"], "call_small");
+    assert_eq!(second["deliveries"][0]["payload"], small);
+    assert_eq!(second["next_cursor"], Value::Null);
+}
