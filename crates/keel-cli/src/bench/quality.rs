@@ -126,6 +126,16 @@ fn experiments() -> Vec<Experiment> {
             settings: numbers("bm25_b", &[0.3, 0.4, 0.6, 0.75, 0.9]),
         },
         Experiment {
+            title: "BM25 query-term saturation k3 (0: a repeated query word counts once)".into(),
+            modes: modes(&["keyword", "hybrid"]),
+            settings: numbers("bm25_k3", &[0.0, 1.0, 3.0, 10.0]),
+        },
+        Experiment {
+            title: "weight of title words (BM25 term frequency)".into(),
+            modes: modes(&["keyword", "hybrid"]),
+            settings: numbers("title_weight", &[1.0, 2.0]),
+        },
+        Experiment {
             title: "reciprocal rank fusion constant k".into(),
             modes: modes(&["hybrid"]),
             settings: numbers("rrf_k", &[5.0, 10.0, 20.0, 40.0, 60.0]),
