@@ -97,11 +97,16 @@ end $$;
 -- Per-tenant quotas ------------------------------------------------------------------------
 
 -- Webhook payload bytes stored per tenant and UTC day.
+-- Sharded like keel.counters: concurrent deliveries of one tenant add to one
+-- of 16 rows, so intake never queues behind one tenant-wide row lock (the
+-- check sums the shards; deliveries in flight when the quota runs out may
+-- each still pass).
 create table if not exists keel.tenant_daily_usage (
   tenant_id uuid not null references keel.tenants (id) on delete cascade,
   day date not null,
+  shard smallint not null default 0,
   webhook_bytes bigint not null default 0,
-  primary key (tenant_id, day)
+  primary key (tenant_id, day, shard)
 );
 
 alter table keel.webhook_deliveries add column if not exists payload_bytes int;
@@ -154,14 +159,10 @@ begin
                                 limit v_max_tasks) queued) >= v_max_tasks then
     return keel.refusal('queued_tasks', v_max_tasks, 60);
   end if;
-  if v_max_bytes is not null then
-    insert into keel.tenant_daily_usage (tenant_id, day) values (v_endpoint.tenant_id, v_today)
-    on conflict do nothing;
-    update keel.tenant_daily_usage set webhook_bytes = webhook_bytes + v_bytes
-    where tenant_id = v_endpoint.tenant_id and day = v_today and webhook_bytes + v_bytes <= v_max_bytes;
-    if not found then
-      return keel.refusal('webhook_bytes_per_day', v_max_bytes, greatest(v_next_day, 1));
-    end if;
+  if v_max_bytes is not null
+     and (select coalesce(sum(webhook_bytes), 0) from keel.tenant_daily_usage
+          where tenant_id = v_endpoint.tenant_id and day = v_today) + v_bytes > v_max_bytes then
+    return keel.refusal('webhook_bytes_per_day', v_max_bytes, greatest(v_next_day, 1));
   end if;
   insert into keel.webhook_deliveries (endpoint_id, tenant_id, webhook_id, event_type, payload,
                                        payload_bytes, event_at)
@@ -170,11 +171,14 @@ begin
   on conflict (endpoint_id, webhook_id) do nothing
   returning id into v_delivery;
   if v_delivery is null then
-    -- A concurrent delivery of the same id won the race; undo our bytes.
-    update keel.tenant_daily_usage set webhook_bytes = webhook_bytes - v_bytes
-    where v_max_bytes is not null and tenant_id = v_endpoint.tenant_id and day = v_today;
+    -- A concurrent delivery of the same id won the race.
     perform keel.bump('webhooks_duplicate');
     return jsonb_build_object('duplicate', true);
+  end if;
+  if v_max_bytes is not null then
+    insert into keel.tenant_daily_usage as u (tenant_id, day, shard, webhook_bytes)
+    values (v_endpoint.tenant_id, v_today, floor(random() * 16)::smallint, v_bytes)
+    on conflict (tenant_id, day, shard) do update set webhook_bytes = u.webhook_bytes + excluded.webhook_bytes;
   end if;
   perform keel.enqueue_task(v_endpoint.tenant_id, 'webhook.process',
                             jsonb_build_object('delivery_id', v_delivery), 'delivery:' || v_delivery);
