@@ -740,3 +740,43 @@ async fn signature_headers_are_capped_in_entries_and_size() {
         "only the delivery within the caps was stored"
     );
 }
+
+#[tokio::test]
+async fn intake_has_its_own_smaller_body_limit() {
+    let app = spawn_app_with(|_, vars| {
+        vars.insert("WEBHOOK_MAX_BODY_BYTES".into(), "2048".into());
+    })
+    .await;
+    let (key, endpoint, secret) = tenant_with_endpoint(&app).await;
+    let big = upserted("menu", &"Margherita pizza. ".repeat(200));
+    assert!(big.to_string().len() > 2048);
+
+    let refused = app.deliver(&endpoint, &secret, "msg_big", &big).await;
+
+    assert_eq!(refused.status(), 413);
+    let error = error_body(refused).await;
+    assert_eq!(error["code"], "payload_too_large");
+    assert_eq!(
+        error["message"],
+        "request body exceeds the limit of 2048 bytes"
+    );
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries")
+            .await,
+        0
+    );
+    let small = upserted("menu", "Margherita pizza.");
+    assert_eq!(
+        app.deliver(&endpoint, &secret, "msg_small", &small)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.put_documents(&key, big["data"]["documents"].clone())
+            .await
+            .status(),
+        200,
+        "other routes keep MAX_BODY_BYTES"
+    );
+}

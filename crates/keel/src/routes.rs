@@ -16,7 +16,7 @@ use crate::ops::handlers as ops;
 use crate::ops::ratelimit::Scope;
 use crate::tasks::handlers as tasks;
 use crate::tenants::handlers as tenants;
-use crate::web::Route;
+use crate::web::{BodyLimit, Route};
 use crate::webhooks::handlers as webhooks;
 
 pub fn health() -> Route {
@@ -133,6 +133,7 @@ pub fn webhook_intake() -> Route {
         Box::pin(webhooks::receive(app, req))
     })
     .rate_limited(Scope::Webhook)
+    .body_limit(BodyLimit::WebhookIntake)
 }
 
 pub fn metrics() -> Route {

@@ -132,7 +132,8 @@ async fn vercel(app: Arc<App>, router: Arc<Router>) -> Result<(), BoxError> {
         let router = router.clone();
         async move {
             let (parts, body) = request.into_parts();
-            let body = read_body(body, app.config.max_body_bytes).await;
+            let limit = router.body_limit(parts.uri.path(), parts.uri.query(), &app.config);
+            let body = read_body(body, limit).await;
             let response = handle(app, &router, http::Request::from_parts(parts, body), None).await;
             Ok::<_, vercel_runtime::Error>(response.map(vercel_runtime::ResponseBody::from))
         }
@@ -252,7 +253,8 @@ pub async fn serve_local(
                 let router = router.clone();
                 async move {
                     let (parts, body) = request.into_parts();
-                    let body = read_body(body, app.config.max_body_bytes).await;
+                    let limit = router.body_limit(parts.uri.path(), parts.uri.query(), &app.config);
+                    let body = read_body(body, limit).await;
                     let response = handle(
                         app,
                         &router,
