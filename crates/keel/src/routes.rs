@@ -2,8 +2,10 @@
 //! one entry; the dev server (`keel serve`) mounts them all on one port at the
 //! same paths and methods as on Vercel.
 //!
-//! Quotas (see `ops::ratelimit`): tenant-key routes draw per tenant, and the
-//! unauthenticated routes that reach the database per client address.
+//! Quotas (see `ops::ratelimit`): tenant-key routes draw per tenant, the
+//! unauthenticated routes that reach the database per client address, and
+//! webhook intake per endpoint and sender address (with its own, smaller
+//! body limit).
 //! `/api/health` is not limited: it touches nothing and must answer anyone
 //! (liveness probes); admin, cron and metrics routes are secret-authenticated
 //! operators.
