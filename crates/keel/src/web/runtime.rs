@@ -217,6 +217,17 @@ fn lambda_context(request: &lambda_http::Request) -> (Option<String>, Option<IpA
             ctx.stage.clone(),
             ctx.http.source_ip.as_deref().and_then(|ip| ip.parse().ok()),
         ),
+        // An ALB appends the address it saw to the client's own
+        // x-forwarded-for: only the last entry is not the client's choice.
+        Some(RequestContext::Alb(_)) => (
+            None,
+            request
+                .headers()
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .and_then(|ip| ip.trim().parse().ok()),
+        ),
         _ => (None, None),
     }
 }
@@ -372,6 +383,41 @@ mod tests {
             Platform::Lambda
         );
         assert_eq!(Platform::detect(env(&[])), Platform::Local);
+    }
+
+    #[test]
+    fn behind_an_alb_the_client_is_the_address_the_load_balancer_appended() {
+        use lambda_http::aws_lambda_events::alb::AlbTargetGroupRequestContext;
+        use lambda_http::request::RequestContext;
+        // An ALB appends the address it saw to whatever x-forwarded-for the
+        // client sent, so only the last entry is not the client's to choose.
+        let request = |forwarded: Option<&str>| {
+            let mut builder = http::Request::builder()
+                .extension(RequestContext::Alb(AlbTargetGroupRequestContext::default()));
+            if let Some(forwarded) = forwarded {
+                builder = builder.header("x-forwarded-for", forwarded);
+            }
+            builder.body(lambda_http::Body::Empty).unwrap()
+        };
+        let cases = [
+            (
+                Some("6.6.6.6, 203.0.113.9"),
+                Some("203.0.113.9"),
+                "a spoofed first entry is ignored",
+            ),
+            (
+                Some("203.0.113.9"),
+                Some("203.0.113.9"),
+                "no proxy before the ALB",
+            ),
+            (Some("6.6.6.6, not-an-ip"), None, "an unreadable last entry"),
+            (None, None, "no header"),
+        ];
+        for (forwarded, expected, reason) in cases {
+            let (stage, peer) = lambda_context(&request(forwarded));
+            assert_eq!(stage, None, "{reason}");
+            assert_eq!(peer, expected.map(|ip| ip.parse().unwrap()), "{reason}");
+        }
     }
 
     #[test]
