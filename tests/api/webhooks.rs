@@ -908,3 +908,165 @@ async fn a_payload_over_the_page_bound_is_listed_without_its_payload_and_the_pag
     assert_eq!(second["deliveries"][0]["payload"], small);
     assert_eq!(second["next_cursor"], Value::Null);
 }
+
+/// Sends `body` to `endpoint` with the given `webhook-signature` header,
+/// stamped now under `webhook_id`.
+async fn deliver_signed_as(
+    app: &TestApp,
+    endpoint: &str,
+    webhook_id: &str,
+    now: i64,
+    signature: &str,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    app.client
+        .post(app.url(&format!("/api/webhooks/{endpoint}")))
+        .header("content-type", "application/json")
+        .header("webhook-id", webhook_id)
+        .header("webhook-timestamp", now.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_forged_delivery_with_a_large_body_and_thousands_of_signatures_is_refused_and_stores_nothing()
+ {
+    // Each `v1,` entry used to cost a full HMAC over the body: 20,000 of
+    // them over 4 MB kept a core busy for 45 s before the 401.
+    let app = spawn_app().await;
+    let (_, endpoint, _) = tenant_with_endpoint(&app).await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let body = format!(
+        r#"{{"type":"call.ended","data":"{}"}}"#,
+        "x".repeat(900 * 1024)
+    );
+    let signatures = vec!["v1,"; 5_000].join(" ");
+
+    let response =
+        deliver_signed_as(&app, &endpoint, "msg_flood", now, &signatures, body.into()).await;
+
+    assert_eq!(response.status(), 400);
+    let error = error_body(response).await;
+    assert_eq!(error["code"], "invalid_header");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("webhook-signature"),
+        "{error}"
+    );
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries")
+            .await,
+        0
+    );
+    assert_eq!(app.count("select count(*) from keel.tasks").await, 0);
+}
+
+#[tokio::test]
+async fn signature_headers_are_capped_in_entries_and_size() {
+    let app = spawn_app().await;
+    let (_, endpoint, secret) = tenant_with_endpoint(&app).await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let body = upserted("menu", "Margherita").to_string();
+    let good = |id: &str| keel::webhooks::signatures::sign(&secret, id, now, body.as_bytes());
+    let decoy = "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let other_version = format!("v1a,{}", "A".repeat(86));
+    // (webhook-id, webhook-signature, status, reason)
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "msg_1",
+            [vec![decoy; 7], vec![good("msg_1").as_str()]]
+                .concat()
+                .join(" "),
+            200,
+            "eight signatures (a rotation needs two) are still compared",
+        ),
+        (
+            "msg_2",
+            [vec![decoy; 8], vec![good("msg_2").as_str()]]
+                .concat()
+                .join(" "),
+            400,
+            "a ninth signature is refused, even when it is the authentic one",
+        ),
+        (
+            "msg_3",
+            [
+                vec![other_version.as_str(); 8],
+                vec![good("msg_3").as_str()],
+            ]
+            .concat()
+            .join(" "),
+            400,
+            "entries of other versions count towards the cap too",
+        ),
+        (
+            "msg_4",
+            format!("{} v2,{}", good("msg_4"), "A".repeat(4096)),
+            400,
+            "a header over 2 KiB is refused whatever it holds",
+        ),
+    ];
+    for (id, signatures, status, reason) in cases {
+        let response =
+            deliver_signed_as(&app, &endpoint, id, now, &signatures, body.clone().into()).await;
+        assert_eq!(response.status().as_u16(), status, "{reason}");
+        if status == 400 {
+            assert_eq!(
+                error_body(response).await["code"],
+                "invalid_header",
+                "{reason}"
+            );
+        }
+    }
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries")
+            .await,
+        1,
+        "only the delivery within the caps was stored"
+    );
+}
+
+#[tokio::test]
+async fn intake_has_its_own_smaller_body_limit() {
+    let app = spawn_app_with(|_, vars| {
+        vars.insert("WEBHOOK_MAX_BODY_BYTES".into(), "2048".into());
+    })
+    .await;
+    let (key, endpoint, secret) = tenant_with_endpoint(&app).await;
+    let big = upserted("menu", &"Margherita pizza. ".repeat(200));
+    assert!(big.to_string().len() > 2048);
+
+    let refused = app.deliver(&endpoint, &secret, "msg_big", &big).await;
+
+    assert_eq!(refused.status(), 413);
+    let error = error_body(refused).await;
+    assert_eq!(error["code"], "payload_too_large");
+    assert_eq!(
+        error["message"],
+        "request body exceeds the limit of 2048 bytes"
+    );
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries")
+            .await,
+        0
+    );
+    let small = upserted("menu", "Margherita pizza.");
+    assert_eq!(
+        app.deliver(&endpoint, &secret, "msg_small", &small)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.put_documents(&key, big["data"]["documents"].clone())
+            .await
+            .status(),
+        200,
+        "other routes keep MAX_BODY_BYTES"
+    );
+}

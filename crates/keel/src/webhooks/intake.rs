@@ -89,14 +89,8 @@ fn verify(
     let timestamp = header(headers, "webhook-timestamp")?;
     let signatures = header(headers, "webhook-signature")?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let mut verdict = Err(Rejection::Forged);
-    for secret in endpoints::secrets(config, endpoint)? {
-        verdict = signatures::verify(&secret, webhook_id, timestamp, signatures, body, now);
-        if !matches!(verdict, Err(Rejection::Forged)) {
-            break;
-        }
-    }
-    verdict?;
+    let secrets = endpoints::secrets(config, endpoint)?;
+    signatures::verify(&secrets, webhook_id, timestamp, signatures, body, now)?;
     let sent_at = timestamp
         .trim()
         .parse::<i64>()
