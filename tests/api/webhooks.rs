@@ -843,8 +843,9 @@ async fn pull_endpoints_past_the_quota_are_refused_with_pull_endpoint_limit() {
 async fn a_deliveries_page_stays_under_four_megabytes_and_the_cursor_reaches_every_delivery() {
     let app = spawn_app().await;
     let (key, endpoint, secret) = tenant_with_endpoint(&app).await;
+    // Five deliveries just under the 1 MiB intake limit: 4.5 MB in all.
     for i in 0..5 {
-        let event = json!({"type": "call.ended", "transcript": format!("{i}").repeat(1_500_000)});
+        let event = json!({"type": "call.ended", "transcript": format!("{i}").repeat(900_000)});
         assert_eq!(
             app.deliver(&endpoint, &secret, &format!("call_{i}"), &event)
                 .await
@@ -886,7 +887,14 @@ async fn a_deliveries_page_stays_under_four_megabytes_and_the_cursor_reaches_eve
 
 #[tokio::test]
 async fn a_payload_over_the_page_bound_is_listed_without_its_payload_and_the_page_continues() {
-    let app = spawn_app().await;
+    // An operator may raise the intake limit up to the general body limit.
+    let app = spawn_app_with(|_, vars| {
+        vars.insert(
+            "WEBHOOK_MAX_BODY_BYTES".into(),
+            (4 * 1024 * 1024).to_string(),
+        );
+    })
+    .await;
     let (key, endpoint, secret) = tenant_with_endpoint(&app).await;
     let huge = json!({"type": "call.ended", "transcript": "x".repeat(3_700_000)});
     let small = json!({"type": "call.ended", "transcript": "Thanks, bye."});
