@@ -1,4 +1,4 @@
-//! The knowledge SQL functions Keel calls (migrations/0002, 0006), one typed
+//! The knowledge SQL functions Keel calls (migrations/0002, 0006, 0011), one typed
 //! binding each.
 
 use std::collections::HashMap;
@@ -123,12 +123,21 @@ pub struct ClaimEmbeddingJobs<'a> {
     pub dimensions: u32,
     pub limit: u32,
     pub lease_seconds: u64,
+    /// Only jobs due by then: the run's first `claimed_at`, so a job the
+    /// run rescheduled waits for a later run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub due_before: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
 pub struct EmbeddingClaim {
     pub lease_token: String,
     pub jobs: Vec<EmbeddingJob>,
+    /// The database's time of the claim.
+    pub claimed_at: String,
+    /// Set (and `jobs` empty) while the provider's circuit is open.
+    #[serde(default)]
+    pub paused_until: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -143,14 +152,25 @@ impl SqlFunction for ClaimEmbeddingJobs<'_> {
     type Output = EmbeddingClaim;
 }
 
-/// `keel_complete_embedding_jobs`: stores vectors, schedules retries.
+/// `keel_complete_embedding_jobs`: stores vectors, schedules retries,
+/// gives back jobs the provider never judged, opens or closes the circuit.
 #[derive(Serialize)]
 pub struct CompleteEmbeddingJobs<'a> {
     pub model: &'a str,
     pub dimensions: u32,
     pub lease_token: &'a str,
     pub embedded: Vec<EmbeddedJob>,
+    /// Rejected inputs: each spends an attempt.
     pub failed: Vec<FailedJob<'a>>,
+    /// Chunk ids given back without spending an attempt.
+    pub deferred: Vec<i64>,
+    pub deferred_error: Option<&'a str>,
+    /// The provider is down: open the circuit.
+    pub outage: bool,
+    /// The provider's `retry-after`, which then sets the pause.
+    pub retry_after_seconds: Option<f64>,
+    pub outage_base_seconds: f64,
+    pub outage_max_seconds: f64,
     pub max_attempts: u32,
     pub retry_base_seconds: f64,
 }
@@ -172,6 +192,9 @@ pub struct Completion {
     pub stored: u64,
     pub retrying: u64,
     pub failed: u64,
+    pub deferred: u64,
+    /// Until when the circuit is open, when this completion opened it.
+    pub paused_until: Option<String>,
     pub remaining: u64,
 }
 
