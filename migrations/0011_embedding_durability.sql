@@ -5,7 +5,8 @@
 -- circuit per model (`paused_until`, growing with consecutive outages or
 -- set by the provider's retry-after) during which no run claims work; the
 -- first batch after the pause probes the provider. Only a rejection of the
--- input itself counts as an attempt.
+-- input itself counts as an attempt, and failed jobs can be queued again by
+-- their tenant (keel_retry_embedding_jobs, or uploading the document again).
 
 alter table keel.embedding_models add column if not exists paused_until timestamptz;
 alter table keel.embedding_models add column if not exists outage_failures int not null default 0;
@@ -161,5 +162,125 @@ begin
                   where j.model = v_model and j.dimensions = v_dimensions and j.failed_at is null
                     and (v_tenant is null or j.tenant_id = v_tenant)));
 end $$;
+
+-- Queues the caller's failed jobs for the configured model again, with a
+-- fresh set of attempts.
+create or replace function public.keel_retry_embedding_jobs(args jsonb) returns jsonb
+language plpgsql
+security definer
+set search_path = keel, pg_catalog
+as $$
+declare
+  v_tenant uuid := keel.resolve_tenant(args);
+  v_requeued int;
+begin
+  update keel.embedding_jobs
+  set attempts = 0, failed_at = null, run_at = now(), lease_token = null, lease_until = null
+  where tenant_id = v_tenant and model = args->>'model' and dimensions = (args->>'dimensions')::int
+    and failed_at is not null;
+  get diagnostics v_requeued = row_count;
+  return jsonb_build_object('requeued', v_requeued);
+end $$;
+
+-- Queues the configured model's job for every chunk of a document that has
+-- no vector for it, and gives failed ones a fresh set of attempts: what an
+-- upload of an unchanged document does. Returns how many were queued.
+create or replace function keel.requeue_document(
+  p_tenant uuid, p_document uuid, p_model text, p_dimensions int
+) returns int
+language plpgsql
+set search_path = keel, pg_catalog
+as $$
+declare
+  v_queued int;
+begin
+  insert into keel.embedding_jobs as j (chunk_id, model, dimensions, tenant_id)
+  select c.id, p_model, p_dimensions, p_tenant
+  from keel.chunks c
+  where c.document_id = p_document
+    and not exists (select 1 from keel.embeddings e
+                    where e.chunk_id = c.id and e.model = p_model and e.dimensions = p_dimensions)
+  on conflict (chunk_id, model, dimensions) do update
+    set attempts = 0, failed_at = null, run_at = now(), lease_token = null, lease_until = null
+    where j.failed_at is not null;
+  get diagnostics v_queued = row_count;
+  return v_queued;
+end $$;
+
+-- Upserts like 0002's; an unchanged document (or a metadata-only change)
+-- queues again its chunks that failed or lack a vector.
+create or replace function public.keel_upsert_documents(args jsonb) returns jsonb
+language plpgsql
+security definer
+set search_path = keel, pg_catalog
+as $$
+declare
+  v_tenant uuid := keel.resolve_tenant(args);
+  v_model text := args->>'model';
+  v_dimensions int := (args->>'dimensions')::int;
+  v_doc jsonb;
+  v_existing keel.documents;
+  v_needs text[] := '{}';
+  v_created int := 0;
+  v_updated int := 0;
+  v_unchanged int := 0;
+  v_pending int := 0;
+  v_document uuid;
+begin
+  perform keel.prepare_embedding_model(v_model, v_dimensions);
+  -- Lock this tenant's affected rows in id order so concurrent batches cannot deadlock.
+  perform 1 from keel.documents d
+  where d.tenant_id = v_tenant
+    and d.external_id in (select e->>'id' from jsonb_array_elements(args->'documents') e)
+  order by d.external_id
+  for update;
+
+  for v_doc in select * from jsonb_array_elements(args->'documents') loop
+    select * into v_existing from keel.documents
+    where tenant_id = v_tenant and external_id = v_doc->>'id';
+    if (v_existing.id is null or v_existing.content_hash <> v_doc->>'content_hash')
+       and jsonb_typeof(v_doc->'chunks') is distinct from 'array' then
+      v_needs := v_needs || (v_doc->>'id');
+    end if;
+  end loop;
+  if cardinality(v_needs) > 0 then
+    return jsonb_build_object('needs_chunks', to_jsonb(v_needs));
+  end if;
+
+  for v_doc in select * from jsonb_array_elements(args->'documents') loop
+    select * into v_existing from keel.documents
+    where tenant_id = v_tenant and external_id = v_doc->>'id';
+    if v_existing.id is null then
+      insert into keel.documents (tenant_id, external_id, title, content_hash, metadata, source_url)
+      values (v_tenant, v_doc->>'id', v_doc->>'title', v_doc->>'content_hash',
+              v_doc->'metadata', v_doc->>'source_url')
+      returning id into v_document;
+      v_pending := v_pending + keel.replace_chunks(v_tenant, v_document, v_doc->>'title', v_doc->'chunks', v_model, v_dimensions);
+      v_created := v_created + 1;
+    elsif v_existing.content_hash = v_doc->>'content_hash' then
+      if v_existing.metadata is distinct from v_doc->'metadata'
+         or v_existing.source_url is distinct from v_doc->>'source_url' then
+        update keel.documents
+        set metadata = v_doc->'metadata', source_url = v_doc->>'source_url', updated_at = now()
+        where id = v_existing.id;
+        v_updated := v_updated + 1;
+      else
+        v_unchanged := v_unchanged + 1;
+      end if;
+      v_pending := v_pending + keel.requeue_document(v_tenant, v_existing.id, v_model, v_dimensions);
+    else
+      update keel.documents
+      set title = v_doc->>'title', content_hash = v_doc->>'content_hash', metadata = v_doc->'metadata',
+          source_url = v_doc->>'source_url', updated_at = now()
+      where id = v_existing.id;
+      v_pending := v_pending + keel.replace_chunks(v_tenant, v_existing.id, v_doc->>'title', v_doc->'chunks', v_model, v_dimensions);
+      v_updated := v_updated + 1;
+    end if;
+  end loop;
+  return jsonb_build_object('created', v_created, 'updated', v_updated,
+                            'unchanged', v_unchanged, 'chunks_pending', v_pending);
+end $$;
+
+revoke all on function keel.requeue_document(uuid, uuid, text, int) from public, anon, authenticated;
 
 select keel.lock_down_api();

@@ -441,3 +441,81 @@ async fn an_input_the_provider_rejects_fails_alone_and_the_rest_of_its_batch_is_
         "{listed}"
     );
 }
+
+#[tokio::test]
+async fn a_tenant_requeues_its_failed_chunks_by_retrying_or_by_uploading_them_again() {
+    let (openai, url) = FakeOpenAi::start().await;
+    let app = app_with(
+        &url,
+        &[
+            ("EMBEDDING_MAX_ATTEMPTS", "1"),
+            ("EMBEDDING_RETRY_BASE_SECONDS", "0"),
+        ],
+    )
+    .await;
+    let joes = app.create_tenant("joes").await;
+    let clinic = app.create_tenant("clinic").await;
+    app.put_documents(&joes, faq(2)).await;
+    app.put_documents(&clinic, faq(1)).await;
+    openai.always(Some(Scripted::BadRequest));
+    let report = app.run_embedding_cron().await;
+    assert_eq!(report["failed"], 3, "{report}");
+    openai.always(None);
+
+    // Uploading an unchanged document again queues its failed chunk again.
+    let again = app
+        .put_documents(&joes, json!([faq(1)[0].clone()]))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(again["unchanged"], 1, "{again}");
+    assert_eq!(again["chunks_pending"], 1, "{again}");
+    let failed = "select count(*) from keel.embedding_jobs where failed_at is not null";
+    assert_eq!(app.count(failed).await, 2);
+
+    // Retrying requeues the rest of the caller's failed chunks, and only its own.
+    let retried = app
+        .client
+        .post(app.url("/api/embeddings/retry"))
+        .bearer_auth(&joes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.status(), 200);
+    let retried: Value = retried.json().await.unwrap();
+    assert_eq!(retried["requeued"], 1, "{retried}");
+    assert_eq!(
+        app.count(failed).await,
+        1,
+        "the clinic's job is its own business"
+    );
+    let listed: Value = app.get_json("/api/documents", &joes).await;
+    assert!(
+        listed["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["embedding_state"] == "pending"),
+        "{listed}"
+    );
+
+    let report = app.run_embedding_cron().await;
+    assert_eq!(report["embedded"], 2, "{report}");
+    let listed: Value = app.get_json("/api/documents", &joes).await;
+    assert!(
+        listed["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["embedding_state"] == "embedded"),
+        "{listed}"
+    );
+    let unauthenticated = app
+        .client
+        .post(app.url("/api/embeddings/retry"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+}

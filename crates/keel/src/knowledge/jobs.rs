@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::embedder::{Embedder, EmbeddingError, FailureClass};
-use super::store::{ClaimEmbeddingJobs, CompleteEmbeddingJobs, EmbeddedJob, FailedJob};
+use super::store::{
+    ClaimEmbeddingJobs, CompleteEmbeddingJobs, EmbeddedJob, FailedJob, Requeued, RetryEmbeddingJobs,
+};
 use super::{EmbeddingModel, Knowledge, KnowledgeError};
 use crate::ops::ratelimit::GateError;
 use crate::platform::budget::Budget;
@@ -53,6 +55,23 @@ async fn run_for<F: SqlFunction>(
         Some(tenant) => tenant.run(db, args).await,
         None => Ok(db.run(args).await?),
     }
+}
+
+/// `POST /api/embeddings/retry`: the tenant's failed jobs, queued again.
+pub async fn retry_failed(
+    db: &Db,
+    knowledge: &Knowledge,
+    tenant: &TenantRef,
+) -> Result<Requeued, KnowledgeError> {
+    Ok(tenant
+        .run(
+            db,
+            &RetryEmbeddingJobs {
+                model: &knowledge.model.name,
+                dimensions: knowledge.model.dimensions,
+            },
+        )
+        .await?)
 }
 
 /// What the provider made of one input.

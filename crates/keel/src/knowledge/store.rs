@@ -203,6 +203,23 @@ impl SqlFunction for CompleteEmbeddingJobs<'_> {
     type Output = Completion;
 }
 
+/// `keel_retry_embedding_jobs`: the caller's failed jobs, queued again.
+#[derive(Serialize)]
+pub struct RetryEmbeddingJobs<'a> {
+    pub model: &'a str,
+    pub dimensions: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Requeued {
+    pub requeued: u64,
+}
+
+impl SqlFunction for RetryEmbeddingJobs<'_> {
+    const NAME: &'static str = "keel_retry_embedding_jobs";
+    type Output = Requeued;
+}
+
 /// `keel_search`: one round trip that picks the model, asks for a query
 /// vector when it has none cached, and ranks.
 #[derive(Serialize)]
