@@ -7,9 +7,110 @@
 -- first batch after the pause probes the provider. Only a rejection of the
 -- input itself counts as an attempt, and failed jobs can be queued again by
 -- their tenant (keel_retry_embedding_jobs, or uploading the document again).
+--
+-- Model changes: `prepared_at` is when a model last became the configured
+-- one (the latest `prepared_at` is the current model), and
+-- `backfill_after` is the chunk id up to which its backfill has queued
+-- jobs (null: complete). Requests only register a model; the embeddings
+-- cron creates its index and queues the backfill in bounded batches
+-- (keel_prepare_embedding_model), including after a rollback to a model
+-- seen before. Vectors of another model are deleted only for tenants whose
+-- every chunk has a vector of the configured model, a day after it became
+-- current.
 
 alter table keel.embedding_models add column if not exists paused_until timestamptz;
 alter table keel.embedding_models add column if not exists outage_failures int not null default 0;
+alter table keel.embedding_models add column if not exists backfill_after bigint;
+
+-- Registers a model (cheap: one insert that usually conflicts). The index and
+-- the backfill are the cron's work (keel_prepare_embedding_model), never a
+-- request's.
+create or replace function keel.prepare_embedding_model(p_model text, p_dimensions int) returns void
+language sql
+set search_path = keel, pg_catalog
+as $$
+  insert into keel.embedding_models (model, dimensions, backfill_after)
+  values (p_model, p_dimensions, 0)
+  on conflict (model, dimensions) do nothing;
+$$;
+
+-- One bounded step of preparing the configured model: makes it the current
+-- model if another one was configured since (a change or a rollback: the
+-- rollback window starts again and chunks lacking its vector are queued
+-- again), creates its HNSW index, then queues jobs for up to `limit` chunks
+-- after the backfill cursor that lack its vector. `done` once the backfill
+-- has covered every chunk.
+create or replace function public.keel_prepare_embedding_model(args jsonb) returns jsonb
+language plpgsql
+security definer
+set search_path = keel, extensions, pg_catalog
+as $$
+declare
+  v_model text := args->>'model';
+  v_dimensions int := (args->>'dimensions')::int;
+  v_limit int := (args->>'limit')::int;
+  v_index text := 'embeddings_hnsw_' || left(md5(v_model || ':' || v_dimensions), 16);
+  v_row keel.embedding_models;
+  v_activated boolean := false;
+  v_index_created boolean := false;
+  v_scanned int;
+  v_last bigint;
+  v_queued int := 0;
+begin
+  perform keel.prepare_embedding_model(v_model, v_dimensions);
+  select * into v_row from keel.embedding_models where model = v_model and dimensions = v_dimensions;
+  if exists (select 1 from keel.embedding_models o
+             where not (o.model = v_model and o.dimensions = v_dimensions)
+               and o.prepared_at > v_row.prepared_at) then
+    perform pg_advisory_xact_lock(hashtext('keel.prepare_embedding_model'));
+    update keel.embedding_models
+    set prepared_at = now(), backfill_after = 0
+    where model = v_model and dimensions = v_dimensions
+      and exists (select 1 from keel.embedding_models o
+                  where not (o.model = v_model and o.dimensions = v_dimensions)
+                    and o.prepared_at > keel.embedding_models.prepared_at)
+    returning * into v_row;
+    v_activated := found;
+    select * into v_row from keel.embedding_models where model = v_model and dimensions = v_dimensions;
+  end if;
+
+  if to_regclass('keel.' || v_index) is null then
+    perform pg_advisory_xact_lock(hashtext('keel.prepare_embedding_model'));
+    execute format(
+      'create index if not exists %I on keel.embeddings using hnsw ((embedding::extensions.vector(%s)) extensions.vector_cosine_ops) where model = %L and dimensions = %s',
+      v_index, v_dimensions, v_model, v_dimensions);
+    v_index_created := true;
+  end if;
+
+  if v_row.backfill_after is not null then
+    with batch as (
+      select c.id, c.tenant_id from keel.chunks c
+      where c.id > v_row.backfill_after
+      order by c.id
+      limit v_limit
+    ), queued as (
+      insert into keel.embedding_jobs (chunk_id, model, dimensions, tenant_id)
+      select b.id, v_model, v_dimensions, b.tenant_id
+      from batch b
+      where not exists (select 1 from keel.embeddings e
+                        where e.chunk_id = b.id and e.model = v_model and e.dimensions = v_dimensions)
+      on conflict do nothing
+      returning 1
+    )
+    select (select count(*) from batch), (select max(id) from batch), (select count(*) from queued)
+    into v_scanned, v_last, v_queued;
+    update keel.embedding_models
+    set backfill_after = case when v_scanned < v_limit then null else v_last end
+    where model = v_model and dimensions = v_dimensions and backfill_after is not distinct from v_row.backfill_after;
+  end if;
+
+  return jsonb_build_object(
+    'activated', v_activated,
+    'index_created', v_index_created,
+    'queued', v_queued,
+    'done', not exists (select 1 from keel.embedding_models
+                        where model = v_model and dimensions = v_dimensions and backfill_after is not null));
+end $$;
 
 -- Claims like 0002's, but claims nothing while the provider's circuit is
 -- open for the model (answering `paused_until`), and only jobs due at
@@ -281,6 +382,69 @@ begin
                             'unchanged', v_unchanged, 'chunks_pending', v_pending);
 end $$;
 
+-- Vectors (and jobs) of other models, for tenants the configured model has
+-- fully replaced them: only while the configured model is the current one
+-- (no other model was configured after it), a day (`after_seconds`) after
+-- it became current, and only for tenants each of whose chunks has a vector
+-- of the configured model. A tenant the configured model does not cover yet
+-- (backfill pending, jobs failed, or a rollback re-embedding) keeps every
+-- vector, so search always has a model to serve. At most `limit` rows of
+-- each per run.
+create or replace function public.keel_prune_replaced_vectors(args jsonb) returns jsonb
+language plpgsql
+security definer
+set search_path = keel, pg_catalog
+as $$
+declare
+  v_model text := args->>'model';
+  v_dimensions int := (args->>'dimensions')::int;
+  v_limit int := (args->>'limit')::int;
+  v_vectors int := 0;
+  v_jobs int := 0;
+  v_covered uuid[];
+begin
+  if not exists (
+    select 1 from keel.embedding_models m
+    where m.model = v_model and m.dimensions = v_dimensions
+      and m.prepared_at < now() - make_interval(secs => (args->>'after_seconds')::int)
+      and not exists (select 1 from keel.embedding_models o
+                      where not (o.model = v_model and o.dimensions = v_dimensions)
+                        and o.prepared_at > m.prepared_at)) then
+    return jsonb_build_object('replaced_vectors_pruned', 0, 'replaced_jobs_pruned', 0);
+  end if;
+
+  select coalesce(array_agg(t.tenant_id), '{}') into v_covered
+  from (
+    select distinct e.tenant_id from keel.embeddings e
+    where (e.model, e.dimensions) is distinct from (v_model, v_dimensions)
+    union
+    select distinct j.tenant_id from keel.embedding_jobs j
+    where (j.model, j.dimensions) is distinct from (v_model, v_dimensions)
+  ) t
+  where not exists (
+    select 1 from keel.chunks c
+    where c.tenant_id = t.tenant_id
+      and not exists (select 1 from keel.embeddings e
+                      where e.chunk_id = c.id and e.model = v_model and e.dimensions = v_dimensions));
+
+  delete from keel.embeddings
+  where ctid in (
+    select e.ctid from keel.embeddings e
+    where e.tenant_id = any (v_covered)
+      and (e.model, e.dimensions) is distinct from (v_model, v_dimensions)
+    limit v_limit);
+  get diagnostics v_vectors = row_count;
+  delete from keel.embedding_jobs
+  where ctid in (
+    select j.ctid from keel.embedding_jobs j
+    where j.tenant_id = any (v_covered)
+      and (j.model, j.dimensions) is distinct from (v_model, v_dimensions)
+    limit v_limit);
+  get diagnostics v_jobs = row_count;
+  return jsonb_build_object('replaced_vectors_pruned', v_vectors, 'replaced_jobs_pruned', v_jobs);
+end $$;
+
+revoke all on function keel.prepare_embedding_model(text, int) from public, anon, authenticated;
 revoke all on function keel.requeue_document(uuid, uuid, text, int) from public, anon, authenticated;
 
 select keel.lock_down_api();

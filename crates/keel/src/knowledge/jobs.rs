@@ -10,6 +10,9 @@
 //! opens, so no run calls the provider until the pause (its `retry-after`,
 //! or a backoff growing with consecutive outages) is over. A run stops
 //! before its time budget runs out, and at the first outage.
+//!
+//! The cron also prepares the configured model first (see [`prepare`]), so
+//! a model change or rollback never makes a request do that work.
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +20,8 @@ use serde::Serialize;
 
 use super::embedder::{Embedder, EmbeddingError, FailureClass};
 use super::store::{
-    ClaimEmbeddingJobs, CompleteEmbeddingJobs, EmbeddedJob, FailedJob, Requeued, RetryEmbeddingJobs,
+    ClaimEmbeddingJobs, CompleteEmbeddingJobs, EmbeddedJob, FailedJob, PrepareEmbeddingModel,
+    Requeued, RetryEmbeddingJobs,
 };
 use super::{EmbeddingModel, Knowledge, KnowledgeError};
 use crate::ops::ratelimit::GateError;
@@ -28,6 +32,8 @@ use crate::tenants::TenantRef;
 /// The longest the provider's circuit stays open when it gave no
 /// `retry-after`: the pause doubles per consecutive outage up to this.
 const OUTAGE_MAX_PAUSE: Duration = Duration::from_secs(300);
+/// Chunks one step of a model's backfill scans (one bounded SQL call).
+const BACKFILL_BATCH: u32 = 5_000;
 
 /// What one run did, as the routes report it.
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
@@ -40,6 +46,8 @@ pub struct RunReport {
     pub remaining: u64,
     pub batches: u64,
     pub provider_requests: u64,
+    /// Jobs the configured model's backfill queued in this run (cron only).
+    pub backfill_queued: u64,
     /// Set while the provider's circuit is open: no call before then.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub paused_until: Option<String>,
@@ -55,6 +63,38 @@ async fn run_for<F: SqlFunction>(
         Some(tenant) => tenant.run(db, args).await,
         None => Ok(db.run(args).await?),
     }
+}
+
+/// Makes the configured model current and queues its backfill, in bounded
+/// steps while `budget` has room: after a change, and after a rollback to a
+/// model seen before (whose chunks may have lost its vectors). Returns the
+/// jobs queued.
+pub async fn prepare(
+    db: &Db,
+    knowledge: &Knowledge,
+    budget: &mut Budget,
+) -> Result<u64, KnowledgeError> {
+    let mut queued = 0;
+    while budget.has_room() {
+        let started = Instant::now();
+        let step = db
+            .run(&PrepareEmbeddingModel {
+                model: &knowledge.model.name,
+                dimensions: knowledge.model.dimensions,
+                limit: BACKFILL_BATCH,
+            })
+            .await
+            .map_err(GateError::from)?;
+        if step.activated || step.index_created {
+            tracing::info!(model = %knowledge.model.name, ?step, "embedding model prepared");
+        }
+        queued += step.queued;
+        budget.finished_round(started);
+        if step.done {
+            break;
+        }
+    }
+    Ok(queued)
 }
 
 /// `POST /api/embeddings/retry`: the tenant's failed jobs, queued again.
@@ -138,6 +178,9 @@ pub async fn run(
     let settings = &knowledge.embedding;
     let requests_before = embedder.requests_sent();
     let mut report = RunReport::default();
+    if tenant.is_none() {
+        report.backfill_queued = prepare(db, knowledge, &mut budget).await?;
+    }
     let mut due_before: Option<String> = None;
     while budget.has_room() {
         let batch_started = Instant::now();

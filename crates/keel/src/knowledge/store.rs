@@ -203,6 +203,32 @@ impl SqlFunction for CompleteEmbeddingJobs<'_> {
     type Output = Completion;
 }
 
+/// `keel_prepare_embedding_model`: one bounded step of making the configured
+/// model current (after a change or a rollback), creating its index and
+/// queueing its backfill.
+#[derive(Serialize)]
+pub struct PrepareEmbeddingModel<'a> {
+    pub model: &'a str,
+    pub dimensions: u32,
+    /// Chunks the step may scan.
+    pub limit: u32,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ModelPreparation {
+    /// The model became current again (a change or a rollback to it).
+    pub activated: bool,
+    pub index_created: bool,
+    pub queued: u64,
+    /// The backfill has covered every chunk.
+    pub done: bool,
+}
+
+impl SqlFunction for PrepareEmbeddingModel<'_> {
+    const NAME: &'static str = "keel_prepare_embedding_model";
+    type Output = ModelPreparation;
+}
+
 /// `keel_retry_embedding_jobs`: the caller's failed jobs, queued again.
 #[derive(Serialize)]
 pub struct RetryEmbeddingJobs<'a> {
