@@ -598,3 +598,37 @@ async fn a_new_model_is_prepared_by_the_cron_in_bounded_steps_never_by_a_request
     assert_eq!(report["backfill_queued"], 0, "{report}");
     both_answer(&large, &restaurant, &clinic).await;
 }
+
+#[tokio::test]
+async fn a_model_preparation_that_times_out_does_not_stop_the_embedding_cron() {
+    let (_, url) = FakeOpenAi::start().await;
+    let small = spawn_app_with(|_, vars| {
+        openai_vars(vars, &url);
+        vars.insert("DB_TIMEOUT_MS".into(), "500".into());
+    })
+    .await;
+    let restaurant = small.create_tenant("joes-diner").await;
+    small
+        .put_documents(
+            &restaurant,
+            json!([{"id": "faq-pets", "title": "FAQ: pets", "content": "Dogs are welcome on the terrace."}]),
+        )
+        .await;
+    // A long transaction writing to the vectors' table keeps CREATE INDEX
+    // waiting past the database timeout, as a huge table would.
+    let blocker = small.db.connect().await;
+    blocker
+        .batch_execute("begin; lock table keel.embeddings in row exclusive mode;")
+        .await
+        .unwrap();
+
+    let report = small.run_embedding_cron().await;
+
+    assert_eq!(report["embedded"], 1, "{report}");
+    blocker.batch_execute("rollback").await.unwrap();
+    let indexes = "select count(*) from pg_indexes where indexname like 'embeddings_hnsw_%'";
+    assert_eq!(small.count(indexes).await, 0);
+    let report = small.run_embedding_cron().await;
+    assert_eq!(report["remaining"], 0, "{report}");
+    assert_eq!(small.count(indexes).await, 1, "the next run builds it");
+}

@@ -179,7 +179,15 @@ pub async fn run(
     let requests_before = embedder.requests_sent();
     let mut report = RunReport::default();
     if tenant.is_none() {
-        report.backfill_queued = prepare(db, knowledge, &mut budget).await?;
+        // Preparing (an index build on a large table, a lock) may fail or
+        // time out; the jobs already queued are still worth embedding, and
+        // the next run prepares again.
+        match prepare(db, knowledge, &mut budget).await {
+            Ok(queued) => report.backfill_queued = queued,
+            Err(error) => {
+                tracing::error!(%error, model = %model.name, "preparing the embedding model failed")
+            }
+        }
     }
     let mut due_before: Option<String> = None;
     while budget.has_room() {
