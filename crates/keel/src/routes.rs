@@ -87,6 +87,13 @@ pub fn generate_embeddings() -> Route {
     .rate_limited(Scope::Tenant)
 }
 
+pub fn retry_embeddings() -> Route {
+    Route::new("/api/embeddings/retry", &[Method::POST], |app, req| {
+        Box::pin(knowledge::retry(app, req))
+    })
+    .rate_limited(Scope::Tenant)
+}
+
 pub fn tasks() -> Route {
     Route::new("/api/tasks", &[Method::GET], |app, req| {
         Box::pin(tasks::list(app, req))
@@ -156,6 +163,7 @@ pub fn all() -> Vec<Route> {
         search(),
         cron_embeddings(),
         generate_embeddings(),
+        retry_embeddings(),
         tasks(),
         cron_tasks(),
         cron_maintenance(),
