@@ -17,11 +17,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{Context as _, anyhow};
+use base64::Engine as _;
 use http::{Method, StatusCode};
 use keel::ApiError;
 use keel::web::{ApiRequest, HandlerResult, Route, json_response};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokenizers::{Tokenizer, TruncationParams};
 
 use bert::{Bert, Scratch};
@@ -32,7 +33,9 @@ const MAX_WORD_PIECES: usize = 256;
 /// Word pieces per forward pass: large enough for efficient matrix
 /// products, small enough that a worker's activations stay a few MB.
 const BATCH_TOKENS: usize = 256;
+/// OpenAI's limits: inputs per request, and cl100k tokens per token-array input.
 const MAX_INPUTS: usize = 2048;
+const MAX_INPUT_TOKENS: usize = 8192;
 
 pub struct LocalModel {
     model: Bert,
@@ -143,24 +146,35 @@ pub fn routes() -> Vec<Route> {
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum Input {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize)]
 struct EmbeddingsRequest {
     model: String,
-    input: Input,
+    input: Value,
     #[serde(default)]
     dimensions: Option<usize>,
     #[serde(default)]
     encoding_format: Option<String>,
 }
 
-async fn embeddings(request: ApiRequest) -> HandlerResult {
-    let body: EmbeddingsRequest = request.json()?;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Float,
+    Base64,
+}
+
+/// A request as the model runs it: the texts, in order, and how to encode
+/// the vectors.
+#[derive(Debug)]
+struct Parsed {
+    texts: Vec<String>,
+    encoding: Encoding,
+}
+
+/// Checks a request the way OpenAI's `/v1/embeddings` does: `input` is a
+/// string, an array of strings, one token array or an array of token arrays
+/// (cl100k ids, decoded here to text because the model has its own word-piece
+/// vocabulary); `encoding_format` is `float` (the default) or `base64` (what
+/// the official SDKs ask for); `dimensions` can only be 384.
+fn parse(body: EmbeddingsRequest) -> Result<Parsed, ApiError> {
     if !body.model.eq_ignore_ascii_case(MODEL_NAME)
         && !body
             .model
@@ -174,38 +188,125 @@ async fn embeddings(request: ApiRequest) -> HandlerResult {
     if body.dimensions.is_some_and(|d| d != DIMENSIONS) {
         return Err(ApiError::invalid_field(
             "dimensions",
-            &format!("must be {DIMENSIONS}"),
+            &format!("must be {DIMENSIONS} for {MODEL_NAME}"),
         ));
     }
-    if body
-        .encoding_format
-        .as_deref()
-        .is_some_and(|f| f != "float")
-    {
-        return Err(ApiError::invalid_field("encoding_format", "must be float"));
-    }
-    let inputs = match body.input {
-        Input::One(text) => vec![text],
-        Input::Many(texts) => texts,
+    let encoding = match body.encoding_format.as_deref() {
+        None | Some("float") => Encoding::Float,
+        Some("base64") => Encoding::Base64,
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "encoding_format",
+                "must be float or base64",
+            ));
+        }
     };
-    if inputs.is_empty() || inputs.len() > MAX_INPUTS || inputs.iter().any(String::is_empty) {
+    Ok(Parsed {
+        texts: texts(body.input)?,
+        encoding,
+    })
+}
+
+const INPUT_FORMS: &str =
+    "must be a string, an array of strings, an array of token ids or an array of token-id arrays";
+
+fn texts(input: Value) -> Result<Vec<String>, ApiError> {
+    let items = match input {
+        Value::String(text) => return Ok(vec![non_empty("input", text)?]),
+        Value::Array(items) if !items.is_empty() => items,
+        Value::Array(_) => return Err(ApiError::invalid_field("input", "must not be empty")),
+        _ => return Err(ApiError::invalid_field("input", INPUT_FORMS)),
+    };
+    // One token array: every item a number.
+    if items.iter().all(Value::is_number) {
+        return Ok(vec![decode_tokens("input", &items)?]);
+    }
+    if items.len() > MAX_INPUTS {
         return Err(ApiError::invalid_field(
             "input",
-            &format!("must be 1 to {MAX_INPUTS} non-empty strings"),
+            &format!("must hold at most {MAX_INPUTS} inputs"),
         ));
     }
+    let strings = items.iter().all(Value::is_string);
+    let arrays = items.iter().all(Value::is_array);
+    if !strings && !arrays {
+        return Err(ApiError::invalid_field("input", INPUT_FORMS));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let field = format!("input[{index}]");
+            match item {
+                Value::String(text) => non_empty(&field, text),
+                Value::Array(tokens) => decode_tokens(&field, &tokens),
+                _ => unreachable!("checked above"),
+            }
+        })
+        .collect()
+}
+
+fn non_empty(field: &str, text: String) -> Result<String, ApiError> {
+    if text.is_empty() {
+        return Err(ApiError::invalid_field(field, "must not be empty"));
+    }
+    Ok(text)
+}
+
+/// cl100k ids back to text (invalid UTF-8 at a cut through a character
+/// becomes U+FFFD, as a truncated token array would leave it).
+fn decode_tokens(field: &str, tokens: &[Value]) -> Result<String, ApiError> {
+    if tokens.is_empty() || tokens.len() > MAX_INPUT_TOKENS {
+        return Err(ApiError::invalid_field(
+            field,
+            &format!("must hold 1 to {MAX_INPUT_TOKENS} token ids"),
+        ));
+    }
+    let ids = tokens
+        .iter()
+        .map(|token| {
+            token
+                .as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .ok_or_else(|| {
+                    ApiError::invalid_field(field, &format!("holds {token}, not a token id"))
+                })
+        })
+        .collect::<Result<Vec<u32>, _>>()?;
+    let bytes = tiktoken_rs::cl100k_base_singleton()
+        .decode_bytes(&ids)
+        .map_err(|e| {
+            ApiError::invalid_field(field, &format!("holds {}, not a cl100k token id", e.token))
+        })?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// OpenAI's `base64` encoding: the vector's little-endian f32 bytes.
+fn base64_vector(vector: &[f32]) -> String {
+    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+async fn embeddings(request: ApiRequest) -> HandlerResult {
+    let Parsed { texts, encoding } = parse(request.json()?)?;
     let model = MODEL
         .get()
         .cloned()
         .ok_or_else(|| ApiError::not_found("the local embedding model is not loaded"))?;
-    let (vectors, tokens) = tokio::task::spawn_blocking(move || model.embed(&inputs))
+    let (vectors, tokens) = tokio::task::spawn_blocking(move || model.embed(&texts))
         .await
         .map_err(|e| ApiError::internal(anyhow!("embedding task failed: {e}")))?
         .map_err(ApiError::internal)?;
     let data: Vec<_> = vectors
         .into_iter()
         .enumerate()
-        .map(|(index, embedding)| json!({"object": "embedding", "index": index, "embedding": embedding}))
+        .map(|(index, vector)| {
+            let embedding = match encoding {
+                Encoding::Float => json!(vector),
+                Encoding::Base64 => json!(base64_vector(&vector)),
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
         .collect();
     Ok(json_response(
         StatusCode::OK,
@@ -223,4 +324,186 @@ async fn models() -> HandlerResult {
         StatusCode::OK,
         &json!({"object": "list", "data": [{"id": MODEL_NAME, "object": "model", "owned_by": "keel"}]}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(body: Value) -> Result<Parsed, ApiError> {
+        parse(serde_json::from_value(body).expect("the request deserialises"))
+    }
+
+    fn texts_of(input: Value) -> Vec<String> {
+        request(json!({"model": MODEL_NAME, "input": input}))
+            .expect("accepted")
+            .texts
+    }
+
+    fn cl100k(text: &str) -> Vec<u32> {
+        tiktoken_rs::cl100k_base_singleton().encode_with_special_tokens(text)
+    }
+
+    #[test]
+    fn every_input_form_openai_accepts_becomes_texts_in_order() {
+        assert_eq!(texts_of(json!("one string")), ["one string"]);
+        assert_eq!(texts_of(json!(["a cat", "a dog"])), ["a cat", "a dog"]);
+        assert_eq!(
+            texts_of(json!(cl100k("Do you have vegan options?"))),
+            ["Do you have vegan options?"]
+        );
+        assert_eq!(
+            texts_of(json!([cl100k("first text"), cl100k("second, ünïcode")])),
+            ["first text", "second, ünïcode"]
+        );
+        // A token array cut through a character keeps the rest (U+FFFD).
+        let cut = &cl100k("café")[..1];
+        assert!(!texts_of(json!(cut))[0].is_empty());
+    }
+
+    #[test]
+    fn encodings_and_dimensions_as_openai_documents_them() {
+        let encoding = |body: Value| request(body).map(|parsed| parsed.encoding);
+        let base = json!({"model": MODEL_NAME, "input": "x"});
+        assert_eq!(encoding(base.clone()).unwrap(), Encoding::Float);
+        for (extra, expected) in [
+            (json!({"encoding_format": "float"}), Encoding::Float),
+            (json!({"encoding_format": "base64"}), Encoding::Base64),
+            (json!({"encoding_format": null}), Encoding::Float),
+            (json!({"dimensions": DIMENSIONS}), Encoding::Float),
+            (json!({"dimensions": null}), Encoding::Float),
+            (json!({"user": "someone"}), Encoding::Float),
+        ] {
+            let mut body = base.clone();
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            assert_eq!(encoding(body).unwrap(), expected, "{extra}");
+        }
+        let model = json!({"model": "sentence-transformers/all-MiniLM-L6-v2", "input": "x"});
+        assert!(request(model).is_ok());
+    }
+
+    #[test]
+    fn base64_is_the_little_endian_f32_bytes() {
+        let encoded = base64_vector(&[1.0, -0.5]);
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap();
+        assert_eq!(
+            bytes,
+            [1.0f32.to_le_bytes(), (-0.5f32).to_le_bytes()].concat()
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_400s_naming_the_field() {
+        let many = vec![json!("x"); MAX_INPUTS + 1];
+        let long = vec![json!(15339); MAX_INPUT_TOKENS + 1];
+        let cases = [
+            // (why it is refused, body, the message's start)
+            (
+                "another model",
+                json!({"model": "text-embedding-3-small", "input": "x"}),
+                "`model`",
+            ),
+            (
+                "the model has only 384 dimensions",
+                json!({"model": MODEL_NAME, "input": "x", "dimensions": 256}),
+                "`dimensions`",
+            ),
+            (
+                "no such encoding",
+                json!({"model": MODEL_NAME, "input": "x", "encoding_format": "int8"}),
+                "`encoding_format`",
+            ),
+            (
+                "an empty string",
+                json!({"model": MODEL_NAME, "input": ""}),
+                "`input`",
+            ),
+            (
+                "no inputs",
+                json!({"model": MODEL_NAME, "input": []}),
+                "`input`",
+            ),
+            (
+                "an empty string among others",
+                json!({"model": MODEL_NAME, "input": ["a", ""]}),
+                "`input[1]`",
+            ),
+            (
+                "an empty token array",
+                json!({"model": MODEL_NAME, "input": [[15339], []]}),
+                "`input[1]`",
+            ),
+            (
+                "strings and token arrays mixed",
+                json!({"model": MODEL_NAME, "input": ["a", [15339]]}),
+                "`input`",
+            ),
+            (
+                "strings and token ids mixed",
+                json!({"model": MODEL_NAME, "input": ["a", 15339]}),
+                "`input`",
+            ),
+            (
+                "an object",
+                json!({"model": MODEL_NAME, "input": {"text": "a"}}),
+                "`input`",
+            ),
+            (
+                "a number alone",
+                json!({"model": MODEL_NAME, "input": 15339}),
+                "`input`",
+            ),
+            (
+                "null",
+                json!({"model": MODEL_NAME, "input": null}),
+                "`input`",
+            ),
+            (
+                "a negative token id",
+                json!({"model": MODEL_NAME, "input": [15339, -1]}),
+                "`input`",
+            ),
+            (
+                "a fractional token id",
+                json!({"model": MODEL_NAME, "input": [1.5]}),
+                "`input`",
+            ),
+            (
+                "a token id beyond u32",
+                json!({"model": MODEL_NAME, "input": [[4_294_967_296u64]]}),
+                "`input[0]`",
+            ),
+            (
+                "a token id cl100k does not have",
+                json!({"model": MODEL_NAME, "input": [[15339, 100_300]]}),
+                "`input[0]`",
+            ),
+            (
+                "a string inside a token array",
+                json!({"model": MODEL_NAME, "input": [[15339, "a"]]}),
+                "`input[0]`",
+            ),
+            (
+                "more inputs than OpenAI takes",
+                json!({"model": MODEL_NAME, "input": many}),
+                "`input`",
+            ),
+            (
+                "a token array longer than OpenAI takes",
+                json!({"model": MODEL_NAME, "input": long}),
+                "`input`",
+            ),
+        ];
+        for (reason, body, field) in cases {
+            let error = request(body).expect_err(reason).to_string();
+            assert!(
+                error.starts_with(&format!("400 invalid_field: {field} ")),
+                "{reason}: {error}"
+            );
+        }
+    }
 }
