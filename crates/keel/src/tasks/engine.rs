@@ -1,6 +1,7 @@
 //! The queue engine: claims due tasks under a lease and runs each through
 //! the kind registered for it until the time budget is spent. A task whose
-//! worker died is claimed again once its lease expires, failures back off
+//! worker died is claimed again once its lease expires (unless that was its
+//! last attempt: the claim then dead-letters it, migrations/0013), failures back off
 //! exponentially with jitter, and a task out of attempts (or of an unknown
 //! kind) is `dead` with its last error kept.
 

@@ -1,0 +1,39 @@
+-- Issue 11, item 4: the smaller intake gaps.
+--
+-- Re-runnable, like every migration; Postgres 15 + pgvector only.
+
+-- Tasks: a worker killed on every attempt cannot run a task forever ----------
+--
+-- Claiming counts the attempt (keel_claim_tasks sets attempts + 1), but an
+-- expired lease, or one maintenance released to `failed`, was claimed again
+-- whatever the count, so a task that kills its worker (out of memory, a
+-- timeout of the function) ran without bound and `attempts` passed
+-- `max_attempts`. This trigger refuses any claim (status set to `running`
+-- under a new lease) of a task that has used all its attempts: it
+-- dead-letters the task instead and drops the row from the claim, so no
+-- worker ever receives it. A trigger rather than a change to
+-- keel_claim_tasks, so it holds whichever claim query runs.
+create or replace function keel.dead_letter_exhausted_task() returns trigger
+language plpgsql
+set search_path = keel, pg_catalog
+as $$
+begin
+  update keel.tasks
+  set status = 'dead', lease_token = null, lease_until = null, updated_at = now(), finished_at = now(),
+      last_error = format('gave up after %s of %s attempts: the worker stopped before finishing the last one '
+                          '(its lease expired)', old.attempts, old.max_attempts)
+  where id = old.id;
+  perform keel.bump('tasks_dead');
+  -- Skips this row in the claiming UPDATE: it is not returned to the worker.
+  return null;
+end $$;
+
+create or replace trigger tasks_dead_letter_exhausted
+  before update on keel.tasks
+  for each row
+  when (new.status = 'running'
+        and new.lease_token is distinct from old.lease_token
+        and old.attempts >= old.max_attempts)
+  execute function keel.dead_letter_exhausted_task();
+
+select keel.lock_down_api();
