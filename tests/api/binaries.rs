@@ -318,3 +318,75 @@ async fn a_route_binary_answers_rest_http_api_and_function_url_events_on_lambda(
         .unwrap();
     assert_eq!(other["statusCode"], 200);
 }
+
+/// `HTTP_PROXY` in a function's environment (set by a platform, a layer, or
+/// an attacker who can set one variable) must not route tenant pulls
+/// through a proxy that resolves and reaches what the SSRF guard refused.
+#[tokio::test]
+async fn pulls_never_go_through_a_proxy_named_in_the_environment() {
+    let app = crate::helpers::spawn_app_with(|_, vars| {
+        vars.insert("ALLOW_PRIVATE_PULL_URLS".into(), "true".into());
+    })
+    .await;
+    let key = app.create_tenant("shop").await;
+    let pulled = Arc::new(Mutex::new(0));
+    let counter = pulled.clone();
+    let pull = serve_http(move |_| {
+        *counter.lock().unwrap() += 1;
+        async { crate::support::json_reply(StatusCode::OK, json!({"events": []})) }
+    })
+    .await;
+    let proxied = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = proxied.clone();
+    let proxy = serve_http(move |request: Request<Bytes>| {
+        seen.lock().unwrap().push(request.uri().to_string());
+        async { crate::support::json_reply(StatusCode::OK, json!({"events": []})) }
+    })
+    .await;
+    app.create_webhook_endpoint(
+        &key,
+        json!({"source": "cms", "pull_url": format!("http://{pull}/events")}),
+    )
+    .await;
+    app.run_cron("/api/cron/maintenance").await;
+    let port = free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tasks"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(crate::helpers::base_vars(&app.db))
+        .env("PORT", port.to_string())
+        .env("ALLOW_PRIVATE_PULL_URLS", "true")
+        .env("HTTP_PROXY", format!("http://{proxy}"))
+        .env("http_proxy", format!("http://{proxy}"))
+        .env("ALL_PROXY", format!("http://{proxy}"))
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let _child = command.spawn().expect("tasks binary starts");
+
+    keel::platform::tls::tls_config();
+    let url = format!("http://127.0.0.1:{port}/api/cron/tasks");
+    let mut report = None;
+    for _ in 0..100 {
+        if let Ok(response) = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(&url)
+            .bearer_auth(crate::helpers::CRON_SECRET)
+            .send()
+            .await
+        {
+            report = Some(response.json::<Value>().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let report = report.expect("the tasks binary answered");
+    assert_eq!(report["succeeded"], 1, "{report}");
+    assert_eq!(*proxied.lock().unwrap(), Vec::<String>::new());
+    assert_eq!(*pulled.lock().unwrap(), 1);
+}
