@@ -327,3 +327,52 @@ fn openai_compatible_servers_may_use_other_key_formats() {
         "http://127.0.0.1:3000/v1"
     );
 }
+
+#[test]
+fn client_addresses_come_from_headers_only_where_a_proxy_is_trusted() {
+    let db = ("DATABASE_URL", "postgres://u:p@localhost/keel");
+    let cases = [
+        (vec![db], ClientIpSource::Peer, "locally: the socket"),
+        (
+            vec![db, ("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001")],
+            ClientIpSource::Peer,
+            "Lambda: the request context, never a client's header",
+        ),
+        (
+            vec![db, ("VERCEL", "1")],
+            ClientIpSource::Vercel,
+            "Vercel overwrites its headers",
+        ),
+        (
+            vec![db, ("VERCEL_IPC_PATH", "/tmp/ipc")],
+            ClientIpSource::Vercel,
+            "Vercel, detected as the runtime does",
+        ),
+        (
+            vec![db, ("CLIENT_IP_SOURCE", "x-forwarded-for:1")],
+            ClientIpSource::ForwardedFor { hops: 1 },
+            "behind an ALB",
+        ),
+        (
+            vec![db, ("VERCEL", "1"), ("CLIENT_IP_SOURCE", "peer")],
+            ClientIpSource::Peer,
+            "explicit wins",
+        ),
+    ];
+    for (pairs, expected, reason) in cases {
+        let config = Config::from_vars(&vars(&pairs)).expect(reason);
+        assert_eq!(config.client_ip_source, expected, "{reason}");
+    }
+    for bad in [
+        "x-forwarded-for",
+        "x-forwarded-for:0",
+        "x-forwarded-for:many",
+        "headers",
+    ] {
+        assert_eq!(
+            problem_variables(Config::from_vars(&vars(&[db, ("CLIENT_IP_SOURCE", bad)]))),
+            vec!["CLIENT_IP_SOURCE"],
+            "{bad}"
+        );
+    }
+}
