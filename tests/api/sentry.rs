@@ -70,12 +70,9 @@ async fn a_panicking_handler_becomes_a_500_reported_to_sentry() {
 #[tokio::test]
 async fn in_production_the_test_error_needs_the_admin_key() {
     let admin_key = "k".repeat(40);
-    let app = spawn_app_with(|_, vars| {
-        vars.insert("ENVIRONMENT".into(), "production".into());
+    let app = spawn_app_with(|db, vars| {
+        crate::helpers::production_vars(db, vars);
         vars.insert("ADMIN_API_KEY".into(), admin_key.clone());
-        vars.insert("CRON_SECRET".into(), "c".repeat(40));
-        vars.insert("ENCRYPTION_KEY".into(), "ab".repeat(32));
-        vars.insert("OPENAI_API_KEY".into(), "sk-test".into());
     })
     .await;
 

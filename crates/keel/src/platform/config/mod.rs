@@ -156,7 +156,7 @@ impl Config {
                 "must be a level (error, warn, info, debug, trace) or targets like `keel=debug,info`",
             );
         }
-        let (database, database_choice_note) = env.database();
+        let (database, database_choice_note) = env.database(production);
         let db_timeout = Duration::from_millis(env.parsed("DB_TIMEOUT_MS", 5_000u64));
         let embeddings = env.embeddings(production);
         let admin_api_key = env.shared_secret("ADMIN_API_KEY", production);

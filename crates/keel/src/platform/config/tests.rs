@@ -160,7 +160,7 @@ fn the_error_message_lists_every_problem_on_its_own_line() {
 fn production_requires_its_secrets_and_refuses_wildcard_cors() {
     let result = Config::from_vars(&vars(&[
         ("VERCEL_ENV", "production"),
-        ("DATABASE_URL", "postgres://u:p@db/keel"),
+        ("DATABASE_URL", "postgres://u:p@db/keel?sslmode=require"),
         ("CORS_ORIGINS", "*"),
         ("ADMIN_API_KEY", "short"),
     ]));
@@ -375,4 +375,111 @@ fn client_addresses_come_from_headers_only_where_a_proxy_is_trusted() {
             "{bad}"
         );
     }
+}
+
+#[test]
+fn production_refuses_connections_that_may_travel_in_plain_text() {
+    let production = [
+        ("ENVIRONMENT", "production"),
+        ("ADMIN_API_KEY", "a-long-enough-admin-key-0123456789abcdef"),
+        ("CRON_SECRET", "a-long-enough-cron-secret-0123456789abcdef"),
+        (
+            "ENCRYPTION_KEY",
+            "abababababababababababababababababababababababababababababababab",
+        ),
+        ("OPENAI_API_KEY", "sk-test"),
+    ];
+    const TLS: (&str, &str) = (
+        "DATABASE_URL",
+        "postgres://u:p@db.example.com/keel?sslmode=require",
+    );
+    type Case = (
+        &'static [(&'static str, &'static str)],
+        &'static str,
+        &'static str,
+    );
+    let cases: [Case; 7] = [
+        (
+            &[(
+                "DATABASE_URL",
+                "postgres://u:p@db.example.com/keel?sslmode=disable",
+            )],
+            "DATABASE_URL",
+            "sslmode=disable",
+        ),
+        (
+            &[(
+                "DATABASE_URL",
+                "postgres://u:p@db.example.com/keel?sslmode=prefer",
+            )],
+            "DATABASE_URL",
+            "prefer falls back to plain text",
+        ),
+        (
+            &[("DATABASE_URL", "postgres://u:p@db.example.com/keel")],
+            "DATABASE_URL",
+            "no sslmode means prefer",
+        ),
+        (
+            &[(
+                "DATABASE_URL",
+                "host=db.example.com user=u dbname=keel sslmode=disable",
+            )],
+            "DATABASE_URL",
+            "key=value form",
+        ),
+        (
+            &[
+                ("DB_TRANSPORT", "postgrest"),
+                ("SUPABASE_URL", "http://abc.supabase.co"),
+                ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_xyz"),
+            ],
+            "SUPABASE_URL",
+            "the service key would cross the network in the clear",
+        ),
+        (
+            &[TLS, ("OPENAI_BASE_URL", "http://embeddings.internal/v1")],
+            "OPENAI_BASE_URL",
+            "the API key and tenant text in the clear",
+        ),
+        (
+            &[
+                TLS,
+                ("SUPABASE_URL", "http://abc.supabase.co"),
+                ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_xyz"),
+            ],
+            "SUPABASE_URL",
+            "even when DATABASE_URL wins",
+        ),
+    ];
+    for (extra, variable, reason) in cases {
+        let mut pairs = production.to_vec();
+        pairs.extend_from_slice(extra);
+        if !extra
+            .iter()
+            .any(|(k, _)| k.starts_with("DATABASE_URL") || *k == "DB_TRANSPORT")
+        {
+            pairs.push(TLS);
+        }
+        let result = Config::from_vars(&vars(&pairs));
+        assert_eq!(problem_variables(result), vec![variable], "{reason}");
+    }
+
+    let mut pairs = production.to_vec();
+    pairs.push((
+        "DATABASE_URL",
+        "postgres://u:p@db.example.com/keel?sslmode=verify-full",
+    ));
+    pairs.push(("OPENAI_BASE_URL", "https://embeddings.example.com/v1"));
+    Config::from_vars(&vars(&pairs)).expect("TLS everywhere is fine");
+    let development = [
+        (
+            "DATABASE_URL",
+            "postgres://u:p@localhost/keel?sslmode=disable",
+        ),
+        ("SUPABASE_URL", "http://127.0.0.1:54321"),
+        ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_xyz"),
+        ("OPENAI_BASE_URL", "http://127.0.0.1:3000/v1"),
+    ];
+    Config::from_vars(&vars(&development)).expect("development keeps plain text for local servers");
 }
