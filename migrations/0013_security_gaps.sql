@@ -36,4 +36,15 @@ create or replace trigger tasks_dead_letter_exhausted
         and old.attempts >= old.max_attempts)
   execute function keel.dead_letter_exhausted_task();
 
+-- Webhook endpoints: no credentials in audit rows ---------------------------------
+--
+-- POST /api/webhooks/endpoints now refuses a pull_url with user:password@
+-- (the URL is stored and audited as given). Audit rows written before that
+-- lose the credentials here; the endpoint rows keep their URL, which their
+-- reconciliation still needs, until the tenant replaces the endpoint.
+update keel.audit_log
+set details = jsonb_set(details, '{pull_url}',
+                        to_jsonb(regexp_replace(details->>'pull_url', '^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@', '\1')))
+where details->>'pull_url' ~ '^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@';
+
 select keel.lock_down_api();
