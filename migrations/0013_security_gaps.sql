@@ -47,4 +47,21 @@ set details = jsonb_set(details, '{pull_url}',
                         to_jsonb(regexp_replace(details->>'pull_url', '^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@', '\1')))
 where details->>'pull_url' ~ '^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@';
 
+-- Tasks: tenants read last_error, so it holds no internals -----------------------
+--
+-- The task engine now stores a summary (the full cause goes to the logs).
+-- Errors stored before that are rewritten the same way: the text Keel's SQL
+-- functions wrote for people (classes 22, 23, P0) is kept without the
+-- function name and code; database internals and panics become summaries.
+update keel.tasks
+set last_error = case
+  when last_error ~ '^keel_\w+ failed with (22|23|P0)[0-9A-Z]{3}: '
+    then regexp_replace(last_error, '^keel_\w+ failed with [0-9A-Z]{5}: ', '')
+  when last_error ~ '^keel_\w+ failed with ' or last_error ~ '^unexpected response to keel_'
+    then 'the database could not complete the request'
+  when last_error ~ '^database unreachable while calling ' or last_error ~ '^keel_\w+ timed out after '
+    then 'the database is unavailable'
+  else 'the task stopped unexpectedly' end
+where last_error ~ '^(keel_\w+ failed with |unexpected response to keel_|database unreachable while calling |keel_\w+ timed out after |handler panicked: )';
+
 select keel.lock_down_api();

@@ -254,6 +254,50 @@ async fn a_lease_released_by_maintenance_on_the_last_attempt_is_not_run_again() 
 }
 
 #[tokio::test]
+async fn tenants_see_a_summary_of_internal_failures_never_the_cause_chain() {
+    let app = spawn_app().await;
+    let key = app.create_tenant("shop").await;
+    // The database fails inside the sync with text meant for operators only.
+    app.db
+        .connect()
+        .await
+        .batch_execute(
+            "create function keel.test_fail() returns trigger language plpgsql as $$
+             begin
+               raise exception 'could not extend file \"base/16384/2619\": No space left on device'
+                 using errcode = 'XX000';
+             end $$;
+             create trigger test_fail before insert on keel.documents
+               for each row execute function keel.test_fail();",
+        )
+        .await
+        .unwrap();
+    queued_delivery(&app, &key, 1).await;
+
+    let report = app.run_cron("/api/cron/tasks").await;
+
+    assert_eq!(report["failed"], 1, "{report}");
+    let listed: Value = app.get_json("/api/tasks?kind=webhook.process", &key).await;
+    let shown = listed["tasks"][0]["last_error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, _, stored) = task_row(&app, listed["tasks"][0]["id"].as_i64().unwrap()).await;
+    for (text, place) in [(&shown, "the API"), (&stored.unwrap(), "the stored row")] {
+        assert_eq!(
+            text, "the database could not complete the request",
+            "{place} shows a summary"
+        );
+        for internal in ["base/16384", "No space", "keel_upsert_documents", "XX000"] {
+            assert!(
+                !text.contains(internal),
+                "{place} leaks `{internal}`: {text}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn overlapping_cron_runs_never_run_a_task_twice() {
     let app = spawn_app().await;
     let key = app.create_tenant("shop").await;

@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tracing::Instrument as _;
 
 use super::store::{ClaimTasks, CompleteTask, TaskBacklog};
 use super::{TaskError, TaskKind};
@@ -68,16 +69,24 @@ pub async fn run<C: Clone + Send + 'static>(
                     Some(kind) => {
                         let remaining = deadline.saturating_duration_since(Instant::now());
                         // Spawned: a panicking handler fails its task, not the run.
-                        let running = tokio::spawn(tokio::time::timeout(
-                            remaining,
-                            (kind.run)(context, task),
-                        ));
+                        // Its span puts the task on every log line it writes.
+                        let span = tracing::warn_span!("task", id, kind = kind.name);
+                        let running = tokio::spawn(
+                            tokio::time::timeout(remaining, (kind.run)(context, task))
+                                .instrument(span.clone()),
+                        );
                         match running.await {
                             Ok(Ok(outcome)) => outcome,
                             Ok(Err(_)) => Err(TaskError::Retry(
                                 "timed out at the end of the cron run".to_owned(),
                             )),
-                            Err(join) => Err(TaskError::Retry(format!("handler panicked: {join}"))),
+                            Err(join) => span.in_scope(|| {
+                                Err(TaskError::internal(
+                                    true,
+                                    "the task stopped unexpectedly",
+                                    &format!("handler panicked: {join}"),
+                                ))
+                            }),
                         }
                     }
                 };
