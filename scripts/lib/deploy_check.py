@@ -944,6 +944,17 @@ def check_watch(database_url):
             )
             if body:
                 problems.check("embedded" in body and "remaining" in body, f"[{kind}] generate body {body}")
+            body, _ = call(
+                kind,
+                "retry",
+                "POST",
+                "/api/embeddings/retry",
+                "/api/embeddings/retry",
+                200,
+                headers=tenant,
+            )
+            if body:
+                problems.check(body == {"requeued": 0}, f"[{kind}] retry body {body}")
             expect_error(
                 kind,
                 "document",

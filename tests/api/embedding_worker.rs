@@ -256,3 +256,266 @@ async fn a_tenant_embeds_its_own_backlog_on_demand_and_only_its_own() {
         .unwrap();
     assert_eq!(unauthenticated.status(), 401);
 }
+
+/// Moves the clock of the embedding worker past every pause and backoff:
+/// jobs become due and the provider circuit closes, as if minutes passed.
+async fn skip_ahead(app: &TestApp) {
+    app.db
+        .connect()
+        .await
+        .batch_execute(
+            "update keel.embedding_jobs set run_at = now() - interval '1 second' where run_at > now();
+             update keel.embedding_models set paused_until = now() - interval '1 second' where paused_until > now();",
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_provider_outage_longer_than_every_backoff_fails_nothing_and_all_is_embedded_once_it_is_back()
+ {
+    let (openai, url) = FakeOpenAi::start().await;
+    let app = app_with(
+        &url,
+        &[
+            ("EMBEDDING_BATCH_SIZE", "4"),
+            ("EMBEDDING_MAX_ATTEMPTS", "2"),
+            ("EMBEDDING_MAX_RETRIES", "0"),
+            ("EMBEDDING_TIMEOUT_MS", "200"),
+        ],
+    )
+    .await;
+    let joes = app.create_tenant("joes").await;
+    let clinic = app.create_tenant("clinic").await;
+    app.put_documents(&joes, faq(6)).await;
+    app.put_documents(&clinic, faq(5)).await;
+
+    // The provider is down: 503s, then it stops answering, then it
+    // rate-limits everyone with retry-after. Crons keep running every minute
+    // and the clock moves past every backoff, many times over.
+    let outage = [
+        Scripted::ServerError(503),
+        Scripted::Hang(Duration::from_secs(2)),
+        Scripted::RateLimitedFor {
+            retry_after_seconds: 45,
+        },
+    ];
+    for answer in outage {
+        openai.always(Some(answer.clone()));
+        for _ in 0..4 {
+            let report = app.run_embedding_cron().await;
+            assert_eq!(report["embedded"], 0, "{report}");
+            assert_eq!(
+                report["failed"], 0,
+                "a transient failure fails nothing: {report}"
+            );
+            assert!(
+                report["paused_until"].is_string(),
+                "the circuit opens: {report}"
+            );
+            // While the circuit is open, the provider is left alone.
+            let sent = openai.requests().len();
+            let paused = app.run_embedding_cron().await;
+            assert_eq!(paused["provider_requests"], 0, "{paused}");
+            assert_eq!(openai.requests().len(), sent);
+            skip_ahead(&app).await;
+        }
+    }
+    // The provider's own retry-after decides the pause.
+    openai.always(Some(Scripted::RateLimitedFor {
+        retry_after_seconds: 45,
+    }));
+    app.run_embedding_cron().await;
+    let pause = app
+        .count("select extract(epoch from paused_until - now())::bigint from keel.embedding_models")
+        .await;
+    assert!((40..=45).contains(&pause), "paused for {pause}s");
+    // Meanwhile the work stays visible as pending, never failed.
+    assert_eq!(
+        app.count("select count(*) from keel.embedding_jobs where failed_at is null")
+            .await,
+        11
+    );
+    let listed: Value = app.get_json("/api/documents", &joes).await;
+    assert!(
+        listed["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["embedding_state"] == "pending"),
+        "{listed}"
+    );
+
+    // The provider is back: the next runs catch up by themselves.
+    openai.always(None);
+    skip_ahead(&app).await;
+    let mut embedded = 0;
+    for _ in 0..3 {
+        let report = app.run_embedding_cron().await;
+        embedded += report["embedded"].as_i64().unwrap();
+        assert_eq!(report["failed"], 0, "{report}");
+    }
+
+    assert_eq!(embedded, 11, "every chunk of every tenant, exactly once");
+    assert_eq!(app.count("select count(*) from keel.embeddings").await, 11);
+    assert_eq!(
+        app.count("select count(distinct chunk_id) from keel.embeddings")
+            .await,
+        11
+    );
+    assert_eq!(
+        app.count("select count(*) from keel.embedding_jobs").await,
+        0,
+        "nothing pending, nothing failed"
+    );
+    assert_eq!(
+        app.count("select coalesce(sum(value), 0)::bigint from keel.counters where name = 'embeddings_stored'")
+            .await,
+        11
+    );
+    for key in [&joes, &clinic] {
+        let listed: Value = app.get_json("/api/documents", key).await;
+        assert!(
+            listed["documents"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["embedding_state"] == "embedded"),
+            "{listed}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_input_the_provider_rejects_fails_alone_and_the_rest_of_its_batch_is_embedded() {
+    let (openai, url) = FakeOpenAi::start().await;
+    let app = app_with(
+        &url,
+        &[
+            ("EMBEDDING_BATCH_SIZE", "8"),
+            ("EMBEDDING_MAX_ATTEMPTS", "2"),
+            ("EMBEDDING_RETRY_BASE_SECONDS", "0"),
+        ],
+    )
+    .await;
+    let joes = app.create_tenant("joes").await;
+    let clinic = app.create_tenant("clinic").await;
+    app.put_documents(&joes, faq(4)).await;
+    app.put_documents(
+        &clinic,
+        json!([{"id": "huge", "title": "Poison", "content": "An input the provider refuses."}]),
+    )
+    .await;
+    openai.reject_inputs_containing("refuses");
+
+    let first = app.run_embedding_cron().await;
+    let second = app.run_embedding_cron().await;
+
+    assert_eq!(
+        first["embedded"], 4,
+        "the other tenant's chunks are embedded: {first}"
+    );
+    assert_eq!(first["retrying"], 1, "{first}");
+    assert_eq!(second["failed"], 1, "{second}");
+    assert_eq!(app.count("select count(*) from keel.embeddings").await, 4);
+    let failed: String = app
+        .db
+        .connect()
+        .await
+        .query_one(
+            "select d.external_id from keel.embedding_jobs j join keel.chunks c on c.id = j.chunk_id
+             join keel.documents d on d.id = c.document_id where j.failed_at is not null",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(failed, "huge");
+    let listed: Value = app.get_json("/api/documents", &joes).await;
+    assert!(
+        listed["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["embedding_state"] == "embedded"),
+        "{listed}"
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_requeues_its_failed_chunks_by_retrying_or_by_uploading_them_again() {
+    let (openai, url) = FakeOpenAi::start().await;
+    let app = app_with(
+        &url,
+        &[
+            ("EMBEDDING_MAX_ATTEMPTS", "1"),
+            ("EMBEDDING_RETRY_BASE_SECONDS", "0"),
+        ],
+    )
+    .await;
+    let joes = app.create_tenant("joes").await;
+    let clinic = app.create_tenant("clinic").await;
+    app.put_documents(&joes, faq(2)).await;
+    app.put_documents(&clinic, faq(1)).await;
+    openai.always(Some(Scripted::BadRequest));
+    let report = app.run_embedding_cron().await;
+    assert_eq!(report["failed"], 3, "{report}");
+    openai.always(None);
+
+    // Uploading an unchanged document again queues its failed chunk again.
+    let again = app
+        .put_documents(&joes, json!([faq(1)[0].clone()]))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(again["unchanged"], 1, "{again}");
+    assert_eq!(again["chunks_pending"], 1, "{again}");
+    let failed = "select count(*) from keel.embedding_jobs where failed_at is not null";
+    assert_eq!(app.count(failed).await, 2);
+
+    // Retrying requeues the rest of the caller's failed chunks, and only its own.
+    let retried = app
+        .client
+        .post(app.url("/api/embeddings/retry"))
+        .bearer_auth(&joes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.status(), 200);
+    let retried: Value = retried.json().await.unwrap();
+    assert_eq!(retried["requeued"], 1, "{retried}");
+    assert_eq!(
+        app.count(failed).await,
+        1,
+        "the clinic's job is its own business"
+    );
+    let listed: Value = app.get_json("/api/documents", &joes).await;
+    assert!(
+        listed["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["embedding_state"] == "pending"),
+        "{listed}"
+    );
+
+    let report = app.run_embedding_cron().await;
+    assert_eq!(report["embedded"], 2, "{report}");
+    let listed: Value = app.get_json("/api/documents", &joes).await;
+    assert!(
+        listed["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["embedding_state"] == "embedded"),
+        "{listed}"
+    );
+    let unauthenticated = app
+        .client
+        .post(app.url("/api/embeddings/retry"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+}

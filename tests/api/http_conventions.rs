@@ -130,6 +130,43 @@ async fn a_body_over_the_limit_gets_413_without_being_buffered() {
     );
 }
 
+#[tokio::test]
+async fn a_client_still_uploading_a_body_over_the_limit_reads_the_413() {
+    // Clients such as Python's urllib write the whole body before reading
+    // the answer: closing on them mid-upload turns the 413 into a broken pipe.
+    let app = spawn_app_with(|_, vars| {
+        vars.insert("MAX_BODY_BYTES".into(), "1024".into());
+    })
+    .await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let body_len = 4 * 1024 * 1024;
+
+    let response = tokio::task::spawn_blocking(move || {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        let head = format!(
+            "GET /api/health HTTP/1.1\r\nhost: keel\r\ncontent-type: application/json\r\ncontent-length: {body_len}\r\nconnection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream
+            .write_all(&vec![b' '; body_len])
+            .expect("the server takes the whole upload");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("the answer arrives");
+        response
+    })
+    .await
+    .unwrap();
+
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(
+        response.contains(r#""code":"payload_too_large""#),
+        "{response}"
+    );
+}
+
 async fn cors_app() -> crate::helpers::TestApp {
     spawn_app_with(|_, vars| {
         vars.insert(

@@ -6,6 +6,7 @@ mod database;
 mod dev_secrets;
 mod documents;
 mod embedding_worker;
+mod faults;
 mod health;
 mod helpers;
 mod http_conventions;

@@ -127,6 +127,81 @@ async fn both_transports_report_the_same_typed_error_for_the_same_failure() {
 }
 
 #[tokio::test]
+async fn a_gated_call_keeps_its_count_and_reports_the_same_typed_error_on_either_transport() {
+    use keel::ops::ratelimit::{GateError, RateGate, Scope};
+
+    let db = TestDatabase::migrated().await;
+    let postgrest = start_postgrest(db.url.clone(), SECRET_KEY.into()).await;
+    let rest_vars = postgrest_vars(&db, format!("http://{postgrest}"), SECRET_KEY);
+    let direct_vars = base_vars(&db);
+    let direct =
+        keel::App::new(keel::platform::config::Config::from_vars(&direct_vars).unwrap()).unwrap();
+    let rest =
+        keel::App::new(keel::platform::config::Config::from_vars(&rest_vars).unwrap()).unwrap();
+    let ip = "203.0.113.7".parse().ok();
+    let unknown = keel::webhooks::store::WebhookEndpoint {
+        id: "6f1c2a9e-0000-4000-8000-000000000000",
+    };
+
+    for app in [&direct, &rest] {
+        let transport = app.db.transport_name();
+        let gate = RateGate::new(Some(Scope::Webhook), &app.config.rate_limits, ip);
+        let Err(error) = gate.run(&app.db, &unknown).await else {
+            panic!("{transport}: an unknown endpoint was found");
+        };
+
+        let GateError::Db(error) = error else {
+            panic!("{transport}: expected the function's error, got {error:?}");
+        };
+        match &error {
+            DbError::Rejected {
+                function,
+                code,
+                message,
+                details,
+                hint,
+            } => {
+                assert_eq!(*function, "keel_webhook_endpoint", "{transport}");
+                assert_eq!(code, "P0002", "{transport}");
+                assert_eq!(message, "no webhook endpoint with this id", "{transport}");
+                assert_eq!(details.as_deref(), None, "{transport}");
+                assert_eq!(hint.as_deref(), None, "{transport}");
+            }
+            other => panic!("{transport}: expected Rejected, got {other:?}"),
+        }
+        assert_eq!(error.class(), DbErrorClass::NotFound, "{transport}");
+        assert!(gate.quota().is_some(), "{transport}: the quota was charged");
+    }
+    let counted: i64 = db
+        .connect()
+        .await
+        .query_one(
+            "select count(*) from keel.rate_limit_hits where bucket = 'webhook:address:203.0.113.7'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(counted, 2, "each failed call kept its count");
+
+    // Keel from before migration 0010 (no `errors: return`) still gets the
+    // error raised, as it expects during a deploy.
+    let raised = db
+        .connect()
+        .await
+        .query_one(
+            "select public.keel_gated($1::text::jsonb)",
+            &[&json!({"function": "keel_webhook_endpoint",
+                      "args": {"id": "6f1c2a9e-0000-4000-8000-000000000000"},
+                      "limit": {"scope": "webhook", "per_minute": 10, "client_ip": "203.0.113.8"}})
+            .to_string()],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(raised.as_db_error().map(|e| e.code().code()), Some("P0002"));
+}
+
+#[tokio::test]
 async fn a_missing_function_is_reported_by_either_transport_as_our_fault() {
     let db = TestDatabase::migrated().await;
     let postgrest = start_postgrest(db.url.clone(), SECRET_KEY.into()).await;

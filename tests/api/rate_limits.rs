@@ -1,5 +1,8 @@
-//! Quotas: per tenant on tenant-key routes, per client address on
-//! unauthenticated ones; 429 with `Retry-After` and `RateLimit-*` headers.
+//! Quotas: per tenant on tenant-key routes (per client address for keys that
+//! authenticate no tenant), per client address on unauthenticated ones, per
+//! endpoint and sender address on webhook intake; 429 with `Retry-After` and
+//! `RateLimit-*` headers. Every request that reaches the database counts,
+//! whatever it answers.
 
 use reqwest::Response;
 use serde_json::{Value, json};
@@ -164,7 +167,7 @@ async fn unauthenticated_routes_are_limited_per_client_address() {
 }
 
 #[tokio::test]
-async fn webhook_intake_is_limited_per_sender_address_and_refusals_store_nothing() {
+async fn webhook_intake_is_limited_per_endpoint_and_sender_address_and_refusals_store_nothing() {
     let app = app_with_quota("RATE_LIMIT_WEBHOOK_PER_MINUTE", 1).await;
     let key = app.create_tenant("shop").await;
     let (endpoint, secret) = app
@@ -199,13 +202,193 @@ async fn admin_cron_and_bad_credentials_do_not_draw_from_tenant_quotas() {
     let app = app_with_quota("RATE_LIMIT_SEARCH_PER_MINUTE", 1).await;
     let key = app.create_tenant("shop").await;
     let forged = format!("keel_{}", "A".repeat(43));
+    let attacker = client_from("127.0.0.2");
 
     for _ in 0..3 {
-        assert_eq!(keyword_search(&app, &forged).await.status(), 401);
+        let response = attacker
+            .post(app.url("/api/search"))
+            .bearer_auth(&forged)
+            .json(&json!({"query": "pizza", "mode": "keyword"}))
+            .send()
+            .await
+            .unwrap();
+        assert!([401, 429].contains(&response.status().as_u16()));
         app.run_cron("/api/cron/tasks").await;
     }
     let response = keyword_search(&app, &key).await;
 
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "ratelimit-remaining"), "0");
+}
+
+/// `POST /api/search` from `client` with `key`.
+async fn search_from(app: &TestApp, client: &reqwest::Client, key: &str) -> Response {
+    client
+        .post(app.url("/api/search"))
+        .bearer_auth(key)
+        .json(&json!({"query": "vegan pizza", "mode": "keyword"}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn forged_tenant_keys_are_counted_per_client_address_until_429() {
+    let app = app_with_quota("RATE_LIMIT_SEARCH_PER_MINUTE", 2).await;
+    let key = app.create_tenant("shop").await;
+    let attacker = client_from("127.0.0.2");
+    let bystander = client_from("127.0.0.3");
+    let forged = format!("keel_{}", "A".repeat(43));
+
+    assert_eq!(search_from(&app, &attacker, &forged).await.status(), 401);
+    assert_eq!(search_from(&app, &attacker, &forged).await.status(), 401);
+    let refused = search_from(&app, &attacker, &forged).await;
+
+    assert_eq!(refused.status(), 429, "guessing keys is not unlimited");
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(error_body(refused).await["code"], "rate_limited");
+    assert_eq!(
+        search_from(&app, &bystander, &forged).await.status(),
+        401,
+        "another address has its own count"
+    );
+    let tenant = search_from(&app, &attacker, &key).await;
+    assert_eq!(
+        tenant.status(),
+        200,
+        "the tenant's own quota is untouched by the guesses"
+    );
+    assert_eq!(header(&tenant, "ratelimit-remaining"), "1");
+}
+
+#[tokio::test]
+async fn requests_answered_404_still_consume_the_tenant_quota() {
+    let app = app_with_quota("RATE_LIMIT_TENANT_PER_MINUTE", 2).await;
+    let key = app.create_tenant("shop").await;
+    let delete = || {
+        app.client
+            .delete(app.url("/api/documents/no-such-document"))
+            .bearer_auth(&key)
+            .send()
+    };
+
+    let first = delete().await.unwrap();
+    assert_eq!(first.status(), 404);
+    assert_eq!(header(&first, "ratelimit-remaining"), "1");
+    assert_eq!(delete().await.unwrap().status(), 404);
+    let refused = delete().await.unwrap();
+
+    assert_eq!(refused.status(), 429);
+    assert_eq!(
+        app.count("select count(*) from keel.rate_limit_hits").await,
+        2
+    );
+}
+
+async fn deliver_unsigned(app: &TestApp, client: &reqwest::Client, endpoint: &str) -> Response {
+    client
+        .post(app.url(&format!("/api/webhooks/{endpoint}")))
+        .header("webhook-id", "msg_1")
+        .header("webhook-timestamp", "1700000000")
+        .header("webhook-signature", "v1,AAAA")
+        .body(r#"{"type":"call.ended"}"#)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn deliveries_to_an_unknown_endpoint_are_counted_until_429() {
+    let app = app_with_quota("RATE_LIMIT_WEBHOOK_PER_MINUTE", 2).await;
+    let unknown = "6f1c2a9e-0000-4000-8000-000000000000";
+
+    assert_eq!(
+        deliver_unsigned(&app, &app.client, unknown).await.status(),
+        404
+    );
+    assert_eq!(
+        deliver_unsigned(&app, &app.client, unknown).await.status(),
+        404
+    );
+    let refused = deliver_unsigned(&app, &app.client, unknown).await;
+
+    assert_eq!(
+        refused.status(),
+        429,
+        "probing endpoint ids is not unlimited"
+    );
+    assert_eq!(error_body(refused).await["code"], "rate_limited");
+}
+
+#[tokio::test]
+async fn one_tenants_burst_from_a_shared_sender_address_leaves_other_tenants_deliveries_alone() {
+    let app = app_with_quota("RATE_LIMIT_WEBHOOK_PER_MINUTE", 2).await;
+    let shop = app.create_tenant("shop").await;
+    let clinic = app.create_tenant("clinic").await;
+    let (shop_endpoint, shop_secret) = app
+        .create_webhook_endpoint(&shop, json!({"source": "vapi"}))
+        .await;
+    let (clinic_endpoint, clinic_secret) = app
+        .create_webhook_endpoint(&clinic, json!({"source": "vapi"}))
+        .await;
+    let event = json!({"type": "call.ended", "data": {"id": 1}});
+
+    // The provider sends every customer's events from one address (here
+    // the test client's).
+    for id in ["msg_1", "msg_2"] {
+        assert_eq!(
+            app.deliver(&shop_endpoint, &shop_secret, id, &event)
+                .await
+                .status(),
+            200
+        );
+    }
+    assert_eq!(
+        app.deliver(&shop_endpoint, &shop_secret, "msg_3", &event)
+            .await
+            .status(),
+        429,
+        "the shop's endpoint is over its quota"
+    );
+
+    assert_eq!(
+        app.deliver(&clinic_endpoint, &clinic_secret, "msg_1", &event)
+            .await
+            .status(),
+        200,
+        "the clinic's deliveries from the same address still pass"
+    );
+}
+
+#[tokio::test]
+async fn forged_deliveries_from_another_address_cannot_use_up_an_endpoints_quota() {
+    let app = app_with_quota("RATE_LIMIT_WEBHOOK_PER_MINUTE", 2).await;
+    let key = app.create_tenant("shop").await;
+    let (endpoint, secret) = app
+        .create_webhook_endpoint(&key, json!({"source": "vapi"}))
+        .await;
+    let attacker = client_from("127.0.0.2");
+
+    assert_eq!(
+        deliver_unsigned(&app, &attacker, &endpoint).await.status(),
+        401
+    );
+    assert_eq!(
+        deliver_unsigned(&app, &attacker, &endpoint).await.status(),
+        401
+    );
+    assert_eq!(
+        deliver_unsigned(&app, &attacker, &endpoint).await.status(),
+        429,
+        "the forger is limited"
+    );
+
+    let event = json!({"type": "call.ended", "data": {"id": 1}});
+    assert_eq!(
+        app.deliver(&endpoint, &secret, "msg_1", &event)
+            .await
+            .status(),
+        200,
+        "the real sender, from its own address, is not"
+    );
 }

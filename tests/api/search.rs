@@ -451,3 +451,184 @@ async fn a_model_change_reembeds_in_the_background_while_search_serves_the_old_v
     .await;
     assert_eq!(body["results"][0]["document_id"], "faq-diet");
 }
+
+/// The same database served by a deployment configured with another model.
+async fn deployment_with_model(
+    app: &TestApp,
+    openai_url: &str,
+    model: &str,
+    dimensions: u32,
+) -> TestApp {
+    let mut vars = crate::helpers::base_vars(&app.db);
+    openai_vars(&mut vars, openai_url);
+    vars.insert("EMBEDDING_MODEL".into(), model.into());
+    vars.insert("EMBEDDING_DIMENSIONS".into(), dimensions.to_string());
+    crate::helpers::spawn_app_on(
+        crate::helpers::TestDatabase {
+            url: app.db.url.clone(),
+        },
+        vars,
+    )
+    .await
+}
+
+/// Both tenants' vector searches find the right document.
+async fn both_answer(app: &TestApp, restaurant: &str, clinic: &str) {
+    let body = results(
+        app,
+        restaurant,
+        json!({"query": "chickpea curry falafel", "mode": "vector"}),
+    )
+    .await;
+    assert_eq!(body["results"][0]["document_id"], "faq-diet", "{body}");
+    let body = results(
+        app,
+        clinic,
+        json!({"query": "insurance claims invoices", "mode": "vector"}),
+    )
+    .await;
+    assert_eq!(body["results"][0]["document_id"], "billing", "{body}");
+}
+
+/// Simulates the day after each model change.
+async fn a_day_passes(app: &TestApp) {
+    app.db
+        .connect()
+        .await
+        .execute(
+            "update keel.embedding_models set prepared_at = prepared_at - interval '25 hours'",
+            &[],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn rolling_a_model_change_back_after_a_day_never_leaves_search_empty() {
+    let (_, url) = FakeOpenAi::start().await;
+    let small = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
+    let (restaurant, clinic) = restaurant_and_clinic(&small).await;
+    let vectors_of =
+        |model: &str| format!("select count(*) from keel.embeddings where model = '{model}'");
+    // A → B: B is embedded in the background and, a day later, A's vectors go.
+    let large = deployment_with_model(&small, &url, "text-embedding-3-large", 32).await;
+    both_answer(&large, &restaurant, &clinic).await;
+    let report = large.run_embedding_cron().await;
+    assert_eq!(report["embedded"], 6, "{report}");
+    a_day_passes(&large).await;
+    let pruned = large.run_cron("/api/cron/maintenance").await;
+    assert_eq!(pruned["replaced_vectors_pruned"], 6, "{pruned}");
+    both_answer(&large, &restaurant, &clinic).await;
+
+    // B → A, more than a day after A was first prepared: B's vectors serve
+    // until A is back everywhere, whatever runs first.
+    let small = deployment_with_model(&small, &url, "text-embedding-3-small", 64).await;
+    both_answer(&small, &restaurant, &clinic).await;
+    let kept = small.run_cron("/api/cron/maintenance").await;
+    assert_eq!(kept["replaced_vectors_pruned"], 0, "{kept}");
+    assert_eq!(small.count(&vectors_of("text-embedding-3-large")).await, 6);
+    both_answer(&small, &restaurant, &clinic).await;
+    let report = small.run_embedding_cron().await;
+    assert_eq!(report["embedded"], 6, "A is embedded again: {report}");
+    both_answer(&small, &restaurant, &clinic).await;
+    // The rollback gets its own day before B's vectors go.
+    let kept = small.run_cron("/api/cron/maintenance").await;
+    assert_eq!(kept["replaced_vectors_pruned"], 0, "{kept}");
+    both_answer(&small, &restaurant, &clinic).await;
+    a_day_passes(&small).await;
+    let pruned = small.run_cron("/api/cron/maintenance").await;
+    assert_eq!(pruned["replaced_vectors_pruned"], 6, "{pruned}");
+    assert_eq!(small.count(&vectors_of("text-embedding-3-small")).await, 6);
+    both_answer(&small, &restaurant, &clinic).await;
+}
+
+#[tokio::test]
+async fn a_new_model_is_prepared_by_the_cron_in_bounded_steps_never_by_a_request() {
+    let (_, url) = FakeOpenAi::start().await;
+    let small = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
+    let (restaurant, clinic) = restaurant_and_clinic(&small).await;
+    let large = deployment_with_model(&small, &url, "text-embedding-3-large", 32).await;
+    let large_jobs =
+        "select count(*) from keel.embedding_jobs where model = 'text-embedding-3-large'";
+    let indexes = "select count(*) from pg_indexes where indexname like 'embeddings_hnsw_%'";
+    let indexes_before = small.count(indexes).await;
+
+    // The first request to see the new model only queues its own chunk.
+    let response = large
+        .put_documents(
+            &restaurant,
+            json!([{"id": "faq-pets", "title": "FAQ: pets", "content": "Dogs are welcome on the terrace."}]),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["chunks_pending"], 1, "{body}");
+    assert_eq!(large.count(large_jobs).await, 1, "no backfill in a request");
+    assert_eq!(
+        large.count(indexes).await,
+        indexes_before,
+        "no index built in a request"
+    );
+
+    // The backfill advances a bounded number of chunks per call.
+    let db = large.db.connect().await;
+    let mut steps = 0;
+    loop {
+        let step: Value = db
+            .query_one(
+                "select public.keel_prepare_embedding_model($1)",
+                &[&json!({"model": "text-embedding-3-large", "dimensions": 32, "limit": 2})],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        steps += 1;
+        assert!(step["queued"].as_i64().unwrap() <= 2, "{step}");
+        if step["done"] == true {
+            break;
+        }
+        assert!(steps < 10, "the backfill ends");
+    }
+    assert_eq!(steps, 4, "7 chunks, 2 per step, then one short step");
+    assert_eq!(large.count(large_jobs).await, 7);
+    assert_eq!(large.count(indexes).await, indexes_before + 1);
+
+    let report = large.run_embedding_cron().await;
+    assert_eq!(report["embedded"], 7, "{report}");
+    assert_eq!(report["backfill_queued"], 0, "{report}");
+    both_answer(&large, &restaurant, &clinic).await;
+}
+
+#[tokio::test]
+async fn a_model_preparation_that_times_out_does_not_stop_the_embedding_cron() {
+    let (_, url) = FakeOpenAi::start().await;
+    let small = spawn_app_with(|_, vars| {
+        openai_vars(vars, &url);
+        vars.insert("DB_TIMEOUT_MS".into(), "500".into());
+    })
+    .await;
+    let restaurant = small.create_tenant("joes-diner").await;
+    small
+        .put_documents(
+            &restaurant,
+            json!([{"id": "faq-pets", "title": "FAQ: pets", "content": "Dogs are welcome on the terrace."}]),
+        )
+        .await;
+    // A long transaction writing to the vectors' table keeps CREATE INDEX
+    // waiting past the database timeout, as a huge table would.
+    let blocker = small.db.connect().await;
+    blocker
+        .batch_execute("begin; lock table keel.embeddings in row exclusive mode;")
+        .await
+        .unwrap();
+
+    let report = small.run_embedding_cron().await;
+
+    assert_eq!(report["embedded"], 1, "{report}");
+    blocker.batch_execute("rollback").await.unwrap();
+    let indexes = "select count(*) from pg_indexes where indexname like 'embeddings_hnsw_%'";
+    assert_eq!(small.count(indexes).await, 0);
+    let report = small.run_embedding_cron().await;
+    assert_eq!(report["remaining"], 0, "{report}");
+    assert_eq!(small.count(indexes).await, 1, "the next run builds it");
+}

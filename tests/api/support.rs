@@ -309,6 +309,8 @@ pub enum Scripted {
     RateLimited { retry_after_ms: u64 },
     /// A 5xx, as during an incident.
     ServerError(u16),
+    /// 429 with `retry-after` in seconds, as a provider's gateway says it.
+    RateLimitedFor { retry_after_seconds: u64 },
     /// A 400 naming the problem, as for an input that is too long.
     BadRequest,
     /// Accepts the connection, then says nothing for this long.
@@ -325,6 +327,7 @@ pub struct FakeOpenAi {
     script: Arc<Mutex<VecDeque<Scripted>>>,
     always: Arc<Mutex<Option<Scripted>>>,
     requests: Arc<Mutex<Vec<Value>>>,
+    rejects: Arc<Mutex<Option<String>>>,
 }
 
 impl FakeOpenAi {
@@ -341,6 +344,12 @@ impl FakeOpenAi {
 
     pub fn always(&self, answer: Option<Scripted>) {
         *self.always.lock().unwrap() = answer;
+    }
+
+    /// Answers 400 to every request with an input containing `needle`, as
+    /// OpenAI does for one input over the model's context length.
+    pub fn reject_inputs_containing(&self, needle: &str) {
+        *self.rejects.lock().unwrap() = Some(needle.to_owned());
     }
 
     /// Bodies of every `/v1/embeddings` request received, failures included.
@@ -392,6 +401,16 @@ impl FakeOpenAi {
                     .body(Bytes::from(json!({"error": {"message": "Rate limit reached for text-embedding-3-small", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}).to_string()))
                     .unwrap();
             }
+            Some(Scripted::RateLimitedFor {
+                retry_after_seconds,
+            }) => {
+                return Response::builder()
+                    .status(429)
+                    .header("content-type", "application/json")
+                    .header("retry-after", retry_after_seconds.to_string())
+                    .body(Bytes::from(json!({"error": {"message": "Rate limit reached", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}).to_string()))
+                    .unwrap();
+            }
             Some(Scripted::ServerError(status)) => {
                 return json_reply(
                     StatusCode::from_u16(status).unwrap(),
@@ -416,6 +435,15 @@ impl FakeOpenAi {
             _ => Vec::new(),
         };
         let dimensions = body["dimensions"].as_u64().unwrap_or(1536) as usize;
+        let rejected = self.rejects.lock().unwrap().clone();
+        if let Some(needle) = rejected
+            && inputs.iter().any(|input| input.contains(&needle))
+        {
+            return json_reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": {"message": "This model's maximum context length is 8192 tokens.", "type": "invalid_request_error", "param": "input", "code": null}}),
+            );
+        }
         if inputs.is_empty() || inputs.len() > 2048 {
             return json_reply(
                 StatusCode::BAD_REQUEST,

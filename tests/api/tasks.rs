@@ -416,3 +416,147 @@ async fn list_cursors_not_issued_by_the_api_are_refused_naming_the_cursor() {
         }
     }
 }
+
+#[tokio::test]
+async fn tenant_b_tasks_run_in_the_first_batch_although_tenant_a_has_ten_thousand_queued() {
+    let app = spawn_app().await;
+    app.create_tenant("a").await;
+    app.create_tenant("b").await;
+    let db = app.db.connect().await;
+    // Tenant A queued 10,000 tasks an hour ago; tenant B queues 10 now.
+    db.batch_execute(
+        "insert into keel.tasks (tenant_id, kind, run_at)
+           select (select id from keel.tenants where slug = 'a'), 'report.send', now() - interval '1 hour'
+           from generate_series(1, 10000);
+         insert into keel.tasks (tenant_id, kind)
+           select (select id from keel.tenants where slug = 'b'), 'report.send'
+           from generate_series(1, 10);",
+    )
+    .await
+    .unwrap();
+
+    let claim: Value = db
+        .query_one(
+            "select public.keel_claim_tasks('{\"limit\": 20, \"lease_seconds\": 60}')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    assert_eq!(claim["tasks"].as_array().unwrap().len(), 20);
+    assert_eq!(
+        app.count(
+            "select count(*) from keel.tasks t join keel.tenants k on k.id = t.tenant_id
+             where k.slug = 'b' and t.status = 'running'"
+        )
+        .await,
+        10,
+        "every one of tenant B's tasks is in the first batch"
+    );
+    assert_eq!(
+        app.count(
+            "select count(*) from keel.tasks t join keel.tenants k on k.id = t.tenant_id
+             where k.slug = 'a' and t.status = 'running'"
+        )
+        .await,
+        10,
+        "tenant A gets the rest of the batch, oldest first"
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_with_a_full_queue_is_refused_with_task_queue_full_and_nothing_is_stored() {
+    let app = spawn_app_with(|_, vars| {
+        vars.insert("TENANT_MAX_QUEUED_TASKS".into(), "3".into());
+    })
+    .await;
+    let busy = app.create_tenant("busy").await;
+    let calm = app.create_tenant("calm").await;
+    queued_delivery(&app, &busy, 3).await;
+    let (endpoint, secret) = app
+        .create_webhook_endpoint(&busy, json!({"source": "cms"}))
+        .await;
+
+    let refused = app
+        .deliver(
+            &endpoint,
+            &secret,
+            "evt_over",
+            &json!({"type": "document.upserted", "data": {"id": "x", "content": "x"}}),
+        )
+        .await;
+
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "60");
+    let error = crate::helpers::error_body(refused).await;
+    assert_eq!(error["code"], "task_queue_full");
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries where webhook_id = 'evt_over'")
+            .await,
+        0
+    );
+    assert_eq!(app.count("select count(*) from keel.tasks").await, 3);
+    // Another tenant is not affected, and the busy one is admitted again
+    // once its queue drains.
+    queued_delivery(&app, &calm, 1).await;
+    app.run_cron("/api/cron/tasks").await;
+    let again = app
+        .deliver(
+            &endpoint,
+            &secret,
+            "evt_over",
+            &json!({"type": "document.upserted", "data": {"id": "x", "content": "x"}}),
+        )
+        .await;
+    assert_eq!(again.status(), 200);
+}
+
+#[tokio::test]
+async fn maintenance_works_off_a_backlog_in_batches_past_locked_rows_and_still_releases_leases() {
+    let app = spawn_app_with(|_, vars| {
+        vars.insert("DB_TIMEOUT_MS".into(), "1500".into());
+    })
+    .await;
+    let db = app.db.connect().await;
+    db.batch_execute(
+        "insert into keel.query_cache (model, dimensions, query_hash, embedding, expires_at)
+           select 'm', 3, 'old-' || i, '[1,0,0]', now() - interval '1 day'
+           from generate_series(1, 12000) i;
+         insert into keel.rate_limit_hits (bucket, at)
+           select 'tenant:x', now() - interval '1 hour' from generate_series(1, 12000);
+         insert into keel.tasks (kind, status, attempts, lease_until, lease_token)
+           values ('x', 'running', 1, now() - interval '1 minute', gen_random_uuid());",
+    )
+    .await
+    .unwrap();
+    // A search refreshing one expired cache entry holds its row meanwhile.
+    let mut holder = app.db.connect().await;
+    let lock = holder.transaction().await.unwrap();
+    lock.execute(
+        "select 1 from keel.query_cache where query_hash = 'old-1' for update",
+        &[],
+    )
+    .await
+    .unwrap();
+
+    let report = app.run_cron("/api/cron/maintenance").await;
+
+    assert_eq!(report["task_leases_released"], 1);
+    assert_eq!(report["query_cache_expired"], 11999);
+    assert_eq!(report["rate_limit_hits_pruned"], 12000);
+    assert_eq!(report["caught_up"], true);
+    assert_eq!(
+        app.count("select count(*) from keel.tasks where status = 'failed'")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.count("select count(*) from keel.query_cache").await,
+        1,
+        "only the locked row is left, for the next run"
+    );
+    lock.rollback().await.unwrap();
+    let next = app.run_cron("/api/cron/maintenance").await;
+    assert_eq!(next["query_cache_expired"], 1);
+}

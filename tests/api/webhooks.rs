@@ -666,3 +666,463 @@ async fn bad_rotation_requests_are_refused_naming_the_problem() {
         0
     );
 }
+
+fn upserted_at(id: &str, content: &str, timestamp: &str) -> Value {
+    json!({"type": "document.upserted", "timestamp": timestamp,
+           "data": {"documents": [{"id": id, "title": "Menu", "content": content}]}})
+}
+
+async fn content_of(app: &TestApp, id: &str) -> Option<String> {
+    app.db
+        .connect()
+        .await
+        .query_opt(
+            "select string_agg(c.content, ' ' order by c.chunk_index) from keel.documents d
+             join keel.chunks c on c.document_id = d.id where d.external_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .and_then(|row| row.get(0))
+}
+
+#[tokio::test]
+async fn an_older_event_processed_after_a_newer_one_does_not_overwrite_it() {
+    let app = spawn_app().await;
+    let (_, endpoint, secret) = tenant_with_endpoint(&app).await;
+    let newer = upserted_at("menu", "Autumn menu: pumpkin soup.", "2026-11-21T12:00:00Z");
+    let older = upserted_at("menu", "Summer menu: gazpacho.", "2026-11-21T09:00:00Z");
+    app.deliver(&endpoint, &secret, "evt_newer", &newer).await;
+    app.run_cron("/api/cron/tasks").await;
+
+    // The older event arrives late (a retrying sender, a slow task).
+    app.deliver(&endpoint, &secret, "evt_older", &older).await;
+    let report = app.run_cron("/api/cron/tasks").await;
+
+    assert_eq!(
+        report["succeeded"], 1,
+        "skipping a stale event is a success"
+    );
+    assert_eq!(
+        content_of(&app, "menu").await.as_deref(),
+        Some("Autumn menu: pumpkin soup.")
+    );
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries where status = 'processed'")
+            .await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_replayed_older_upsert_cannot_resurrect_a_deleted_document() {
+    let app = spawn_app_with(|_, vars| {
+        vars.insert("ALLOW_PRIVATE_PULL_URLS".into(), "true".into());
+    })
+    .await;
+    let key = app.create_tenant("shop").await;
+    let created = upserted_at("menu", "Soup.", "2026-11-21T09:00:00Z");
+    let deleted = json!({"type": "document.deleted", "timestamp": "2026-11-21T10:00:00Z", "data": {"id": "menu"}});
+    // The sender's event log: the pull endpoint lists the creation under an
+    // id the webhook delivery did not use (as when a webhook was missed and
+    // later retried under a new id).
+    let pull_url = pull_server(json!([
+        {"id": "evt_created_replayed", "type": "document.upserted",
+         "timestamp": created["timestamp"], "data": created["data"]},
+    ]))
+    .await;
+    let (endpoint, secret) = app
+        .create_webhook_endpoint(&key, json!({"source": "cms", "pull_url": pull_url}))
+        .await;
+    app.deliver(&endpoint, &secret, "evt_created", &created)
+        .await;
+    app.run_cron("/api/cron/tasks").await;
+    app.deliver(&endpoint, &secret, "evt_deleted", &deleted)
+        .await;
+    app.run_cron("/api/cron/tasks").await;
+    assert_eq!(app.count("select count(*) from keel.documents").await, 0);
+
+    app.run_cron("/api/cron/maintenance").await; // schedules the reconciliation
+    app.run_cron("/api/cron/tasks").await; // pulls the replayed creation
+    app.run_cron("/api/cron/tasks").await; // processes it
+
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries where webhook_id = 'evt_created_replayed' and status = 'processed'")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.count("select count(*) from keel.documents").await,
+        0,
+        "the tombstone keeps it deleted"
+    );
+    assert_eq!(
+        app.count("select count(*) from keel.tasks where status <> 'succeeded'")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn concurrent_events_for_one_document_end_with_the_newest() {
+    let app = spawn_app_with(|_, vars| {
+        vars.insert("TASK_RETRY_BASE_SECONDS".into(), "0".into());
+    })
+    .await;
+    let (_, endpoint, secret) = tenant_with_endpoint(&app).await;
+    for hour in 10..16 {
+        let event = upserted_at(
+            "menu",
+            &format!("Menu of {hour}:00."),
+            &format!("2026-11-21T{hour}:00:00Z"),
+        );
+        app.deliver(&endpoint, &secret, &format!("evt_{hour}"), &event)
+            .await;
+    }
+
+    // The batch runs them all at once; any that had to wait retries.
+    for _ in 0..10 {
+        if app.run_cron("/api/cron/tasks").await["ran"] == 0 {
+            break;
+        }
+    }
+
+    assert_eq!(
+        content_of(&app, "menu").await.as_deref(),
+        Some("Menu of 15:00.")
+    );
+    assert_eq!(
+        app.count("select count(*) from keel.tasks where status = 'succeeded'")
+            .await,
+        6
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_over_its_daily_webhook_bytes_is_refused_with_webhook_quota_exceeded() {
+    let app = spawn_app_with(|_, vars| {
+        vars.insert("TENANT_WEBHOOK_BYTES_PER_DAY".into(), "1000".into());
+    })
+    .await;
+    let (_, endpoint, secret) = tenant_with_endpoint(&app).await;
+    let event = upserted("menu", &"x".repeat(300));
+    for i in 0..2 {
+        let accepted = app
+            .deliver(&endpoint, &secret, &format!("evt_{i}"), &event)
+            .await;
+        assert_eq!(accepted.status(), 200);
+    }
+
+    let refused = app.deliver(&endpoint, &secret, "evt_2", &event).await;
+
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=86_400).contains(&retry_after),
+        "until the next UTC day"
+    );
+    assert_eq!(error_body(refused).await["code"], "webhook_quota_exceeded");
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries")
+            .await,
+        2
+    );
+    // A redelivery of an accepted event is still just a duplicate.
+    let again = app.deliver(&endpoint, &secret, "evt_0", &event).await;
+    assert_eq!(again.status(), 200);
+    // Another tenant has its own quota.
+    let other = app.create_tenant("other").await;
+    let (other_endpoint, other_secret) = app
+        .create_webhook_endpoint(&other, json!({"source": "cms"}))
+        .await;
+    assert_eq!(
+        app.deliver(&other_endpoint, &other_secret, "evt_0", &event)
+            .await
+            .status(),
+        200
+    );
+    // Tomorrow (simulated by moving today's usage to yesterday) it is admitted.
+    app.db
+        .connect()
+        .await
+        .execute("update keel.tenant_daily_usage set day = day - 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        app.deliver(&endpoint, &secret, "evt_2", &event)
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn pull_endpoints_past_the_quota_are_refused_with_pull_endpoint_limit() {
+    let app = spawn_app_with(|_, vars| {
+        vars.insert("TENANT_MAX_PULL_ENDPOINTS".into(), "2".into());
+    })
+    .await;
+    let key = app.create_tenant("shop").await;
+    let pulling = json!({"source": "cms", "pull_url": "https://cms.example.com/events"});
+    app.create_webhook_endpoint(&key, pulling.clone()).await;
+    app.create_webhook_endpoint(&key, pulling.clone()).await;
+
+    let refused = app
+        .post_json("/api/webhooks/endpoints", &key, &pulling)
+        .await;
+
+    assert_eq!(refused.status(), 409);
+    assert_eq!(error_body(refused).await["code"], "pull_endpoint_limit");
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_endpoints")
+            .await,
+        2
+    );
+    // Push-only endpoints cost no pulls and are not counted.
+    app.create_webhook_endpoint(&key, json!({"source": "vapi"}))
+        .await;
+}
+
+#[tokio::test]
+async fn a_deliveries_page_stays_under_four_megabytes_and_the_cursor_reaches_every_delivery() {
+    let app = spawn_app().await;
+    let (key, endpoint, secret) = tenant_with_endpoint(&app).await;
+    // Five deliveries just under the 1 MiB intake limit: 4.5 MB in all.
+    for i in 0..5 {
+        let event = json!({"type": "call.ended", "transcript": format!("{i}").repeat(900_000)});
+        assert_eq!(
+            app.deliver(&endpoint, &secret, &format!("call_{i}"), &event)
+                .await
+                .status(),
+            200
+        );
+    }
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let path = match &cursor {
+            Some(cursor) => format!("/api/webhooks/deliveries?limit=200&cursor={cursor}"),
+            None => "/api/webhooks/deliveries?limit=200".to_owned(),
+        };
+        let response = app
+            .client
+            .get(app.url(&path))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.bytes().await.unwrap();
+        assert!(body.len() <= 4_000_000, "a page of {} bytes", body.len());
+        let page: Value = serde_json::from_slice(&body).unwrap();
+        for delivery in page["deliveries"].as_array().unwrap() {
+            assert!(delivery["payload"]["transcript"].is_string());
+            seen.push(delivery["webhook_id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+
+    assert_eq!(seen, ["call_0", "call_1", "call_2", "call_3", "call_4"]);
+}
+
+#[tokio::test]
+async fn a_payload_over_the_page_bound_is_listed_without_its_payload_and_the_page_continues() {
+    // An operator may raise the intake limit up to the general body limit.
+    let app = spawn_app_with(|_, vars| {
+        vars.insert(
+            "WEBHOOK_MAX_BODY_BYTES".into(),
+            (4 * 1024 * 1024).to_string(),
+        );
+    })
+    .await;
+    let (key, endpoint, secret) = tenant_with_endpoint(&app).await;
+    let huge = json!({"type": "call.ended", "transcript": "x".repeat(3_700_000)});
+    let small = json!({"type": "call.ended", "transcript": "Thanks, bye."});
+    app.deliver(&endpoint, &secret, "call_huge", &huge).await;
+    app.deliver(&endpoint, &secret, "call_small", &small).await;
+
+    let first: Value = app.get_json("/api/webhooks/deliveries", &key).await;
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second: Value = app
+        .get_json(&format!("/api/webhooks/deliveries?cursor={cursor}"), &key)
+        .await;
+
+    let listed = &first["deliveries"][0];
+    assert_eq!(first["deliveries"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["webhook_id"], "call_huge");
+    assert_eq!(listed["payload"], Value::Null);
+    assert!(listed["payload_bytes"].as_u64().unwrap() > 3_700_000);
+    assert_eq!(second["deliveries"][0]["webhook_id"], "call_small");
+    assert_eq!(second["deliveries"][0]["payload"], small);
+    assert_eq!(second["next_cursor"], Value::Null);
+}
+
+/// Sends `body` to `endpoint` with the given `webhook-signature` header,
+/// stamped now under `webhook_id`.
+async fn deliver_signed_as(
+    app: &TestApp,
+    endpoint: &str,
+    webhook_id: &str,
+    now: i64,
+    signature: &str,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    app.client
+        .post(app.url(&format!("/api/webhooks/{endpoint}")))
+        .header("content-type", "application/json")
+        .header("webhook-id", webhook_id)
+        .header("webhook-timestamp", now.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_forged_delivery_with_a_large_body_and_thousands_of_signatures_is_refused_and_stores_nothing()
+ {
+    // Each `v1,` entry used to cost a full HMAC over the body: 20,000 of
+    // them over 4 MB kept a core busy for 45 s before the 401.
+    let app = spawn_app().await;
+    let (_, endpoint, _) = tenant_with_endpoint(&app).await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let body = format!(
+        r#"{{"type":"call.ended","data":"{}"}}"#,
+        "x".repeat(900 * 1024)
+    );
+    let signatures = vec!["v1,"; 5_000].join(" ");
+
+    let response =
+        deliver_signed_as(&app, &endpoint, "msg_flood", now, &signatures, body.into()).await;
+
+    assert_eq!(response.status(), 400);
+    let error = error_body(response).await;
+    assert_eq!(error["code"], "invalid_header");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("webhook-signature"),
+        "{error}"
+    );
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries")
+            .await,
+        0
+    );
+    assert_eq!(app.count("select count(*) from keel.tasks").await, 0);
+}
+
+#[tokio::test]
+async fn signature_headers_are_capped_in_entries_and_size() {
+    let app = spawn_app().await;
+    let (_, endpoint, secret) = tenant_with_endpoint(&app).await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let body = upserted("menu", "Margherita").to_string();
+    let good = |id: &str| keel::webhooks::signatures::sign(&secret, id, now, body.as_bytes());
+    let decoy = "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let other_version = format!("v1a,{}", "A".repeat(86));
+    // (webhook-id, webhook-signature, status, reason)
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "msg_1",
+            [vec![decoy; 7], vec![good("msg_1").as_str()]]
+                .concat()
+                .join(" "),
+            200,
+            "eight signatures (a rotation needs two) are still compared",
+        ),
+        (
+            "msg_2",
+            [vec![decoy; 8], vec![good("msg_2").as_str()]]
+                .concat()
+                .join(" "),
+            400,
+            "a ninth signature is refused, even when it is the authentic one",
+        ),
+        (
+            "msg_3",
+            [
+                vec![other_version.as_str(); 8],
+                vec![good("msg_3").as_str()],
+            ]
+            .concat()
+            .join(" "),
+            400,
+            "entries of other versions count towards the cap too",
+        ),
+        (
+            "msg_4",
+            format!("{} v2,{}", good("msg_4"), "A".repeat(4096)),
+            400,
+            "a header over 2 KiB is refused whatever it holds",
+        ),
+    ];
+    for (id, signatures, status, reason) in cases {
+        let response =
+            deliver_signed_as(&app, &endpoint, id, now, &signatures, body.clone().into()).await;
+        assert_eq!(response.status().as_u16(), status, "{reason}");
+        if status == 400 {
+            assert_eq!(
+                error_body(response).await["code"],
+                "invalid_header",
+                "{reason}"
+            );
+        }
+    }
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries")
+            .await,
+        1,
+        "only the delivery within the caps was stored"
+    );
+}
+
+#[tokio::test]
+async fn intake_has_its_own_smaller_body_limit() {
+    let app = spawn_app_with(|_, vars| {
+        vars.insert("WEBHOOK_MAX_BODY_BYTES".into(), "2048".into());
+    })
+    .await;
+    let (key, endpoint, secret) = tenant_with_endpoint(&app).await;
+    let big = upserted("menu", &"Margherita pizza. ".repeat(200));
+    assert!(big.to_string().len() > 2048);
+
+    let refused = app.deliver(&endpoint, &secret, "msg_big", &big).await;
+
+    assert_eq!(refused.status(), 413);
+    let error = error_body(refused).await;
+    assert_eq!(error["code"], "payload_too_large");
+    assert_eq!(
+        error["message"],
+        "request body exceeds the limit of 2048 bytes"
+    );
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries")
+            .await,
+        0
+    );
+    let small = upserted("menu", "Margherita pizza.");
+    assert_eq!(
+        app.deliver(&endpoint, &secret, "msg_small", &small)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.put_documents(&key, big["data"]["documents"].clone())
+            .await
+            .status(),
+        200,
+        "other routes keep MAX_BODY_BYTES"
+    );
+}

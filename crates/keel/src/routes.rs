@@ -2,8 +2,10 @@
 //! one entry; the dev server (`keel serve`) mounts them all on one port at the
 //! same paths and methods as on Vercel.
 //!
-//! Quotas (see `ops::ratelimit`): tenant-key routes draw per tenant, and the
-//! unauthenticated routes that reach the database per client address.
+//! Quotas (see `ops::ratelimit`): tenant-key routes draw per tenant, the
+//! unauthenticated routes that reach the database per client address, and
+//! webhook intake per endpoint and sender address (with its own, smaller
+//! body limit).
 //! `/api/health` is not limited: it touches nothing and must answer anyone
 //! (liveness probes); admin, cron and metrics routes are secret-authenticated
 //! operators.
@@ -16,7 +18,7 @@ use crate::ops::handlers as ops;
 use crate::ops::ratelimit::Scope;
 use crate::tasks::handlers as tasks;
 use crate::tenants::handlers as tenants;
-use crate::web::Route;
+use crate::web::{BodyLimit, Route};
 use crate::webhooks::handlers as webhooks;
 
 pub fn health() -> Route {
@@ -85,6 +87,13 @@ pub fn generate_embeddings() -> Route {
     .rate_limited(Scope::Tenant)
 }
 
+pub fn retry_embeddings() -> Route {
+    Route::new("/api/embeddings/retry", &[Method::POST], |app, req| {
+        Box::pin(knowledge::retry(app, req))
+    })
+    .rate_limited(Scope::Tenant)
+}
+
 pub fn tasks() -> Route {
     Route::new("/api/tasks", &[Method::GET], |app, req| {
         Box::pin(tasks::list(app, req))
@@ -133,6 +142,7 @@ pub fn webhook_intake() -> Route {
         Box::pin(webhooks::receive(app, req))
     })
     .rate_limited(Scope::Webhook)
+    .body_limit(BodyLimit::WebhookIntake)
 }
 
 pub fn metrics() -> Route {
@@ -153,6 +163,7 @@ pub fn all() -> Vec<Route> {
         search(),
         cron_embeddings(),
         generate_embeddings(),
+        retry_embeddings(),
         tasks(),
         cron_tasks(),
         cron_maintenance(),

@@ -1,7 +1,7 @@
 //! `keel bench`: measures Keel end to end on this machine and prints tables.
 //!
 //! - `keel bench quality [DATASET_DIR] [OPTIONS]`: retrieval quality of each
-//!   search mode on a test collection (quality.rs).
+//!   search mode on each test collection and their mean (quality.rs).
 //! - `keel bench load [DATASET_DIR]`: webhook intake, search latency and HNSW
 //!   recall at 10k and 100k chunks (load.rs).
 //! - `keel bench [DATASET_DIR] [OPTIONS]`: both, sharing one ingestion.
@@ -17,6 +17,7 @@ mod collection;
 mod load;
 mod metrics;
 mod quality;
+mod reference;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,7 +29,7 @@ use rand::Rng as _;
 use serde_json::{Value, json};
 use tokio_postgres::Client;
 
-use collection::{Collection, GradeRange, Layout, QueryIds};
+use collection::{Collection, GradeRange, JudgmentColumns, Layout, QueryIds};
 
 const ADMIN_KEY: &str = "bench-admin-key-0123456789abcdef0123456789";
 const CRON_SECRET: &str = "bench-cron-secret-0123456789abcdef01234567";
@@ -37,19 +38,31 @@ const INGEST_BATCH: usize = 100;
 
 const USAGE: &str = "usage: keel bench [quality|load] [DATASET_DIR] [OPTIONS]
 
-DATASET_DIR defaults to ../shared/datasets/cranfield. Options (quality), whose
-defaults describe that collection's layout (see its README):
-  --documents FILE         documents as .I/.T/.W records   [cran.all.1400]
-  --queries FILE           queries as .I/.W records        [cran.qry]
-  --judgments FILE         TREC qrels: query iter doc grade [QRelsCorrectedforTRECeval]
+DATASET_DIR defaults to ../shared/datasets. A directory holding a known
+collection (Cranfield's cran.all.1400, MED's MED.ALL, CACM's cacm.all) is read
+in its layout; a directory of such directories is every one of them, scored
+one after the other and as their mean (the section `load` uses the first).
+Options override the layout, for a collection laid out otherwise:
+  --documents FILE         documents as .I/.T/.W records
+  --queries FILE           queries as .I/.W records
+  --judgments FILE         judgments, one per line
+  --judgment-columns Q,D[,G]
+                           their columns (from 1): query, document, grade;
+                           without a grade every pair is relevant  [1,3,4]
   --query-ids ordinal|labelled
                            judgments name queries by position in the query
-                           file, or by their .I label       [ordinal]
+                           file, or by their .I label
   --relevant-grades MIN-MAX
                            grades that count as relevant    [1-4]
+Quality:
   --sweep                  also score the tuning experiments (docs/search-quality.md)
-  --tenant SLUG            ingest into this tenant, created if missing; unchanged
-                           documents re-embed nothing, so re-runs take seconds";
+  --try KNOB=V1,V2,...     also score one knob of keel_search at these values
+  --modes M1,M2            the modes experiments score      [keyword,hybrid]
+  --set KNOB=VALUE         pass this knob to every search (repeatable)
+  --reference              compare the keyword ranking with a plain BM25
+  --tenant PREFIX          ingest into tenants PREFIX-COLLECTION, created if
+                           missing; unchanged documents re-embed nothing, so
+                           re-runs take seconds";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Section {
@@ -58,12 +71,60 @@ enum Section {
     Load,
 }
 
+/// Layout fields given on the command line.
+#[derive(Debug, Default)]
+struct LayoutOverrides {
+    documents: Option<String>,
+    queries: Option<String>,
+    judgments: Option<String>,
+    judgment_columns: Option<JudgmentColumns>,
+    query_ids: Option<QueryIds>,
+    relevant_grades: Option<GradeRange>,
+}
+
+impl LayoutOverrides {
+    fn any_file(&self) -> bool {
+        self.documents.is_some() || self.queries.is_some() || self.judgments.is_some()
+    }
+
+    fn apply(&self, mut layout: Layout) -> Layout {
+        if let Some(v) = &self.documents {
+            layout.documents = v.clone();
+        }
+        if let Some(v) = &self.queries {
+            layout.queries = v.clone();
+        }
+        if let Some(v) = &self.judgments {
+            layout.judgments = v.clone();
+        }
+        if let Some(v) = self.judgment_columns {
+            layout.judgment_columns = v;
+        }
+        if let Some(v) = self.query_ids {
+            layout.query_ids = v;
+        }
+        if let Some(v) = self.relevant_grades {
+            layout.relevant_grades = v;
+        }
+        layout
+    }
+}
+
 struct Options {
     section: Section,
     dataset_dir: PathBuf,
-    layout: Layout,
-    sweep: bool,
+    layout: LayoutOverrides,
+    plan: quality::Plan,
     tenant: Option<String>,
+}
+
+/// `KNOB=VALUE`, the value as JSON when it parses (numbers), else a string.
+fn knob(text: &str) -> anyhow::Result<(String, Value)> {
+    let (name, value) = text
+        .split_once('=')
+        .with_context(|| format!("`{text}`: expected KNOB=VALUE"))?;
+    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+    Ok((name.to_owned(), value))
 }
 
 impl Options {
@@ -79,15 +140,9 @@ impl Options {
         }
         let mut options = Self {
             section,
-            dataset_dir: PathBuf::from("../shared/datasets/cranfield"),
-            layout: Layout {
-                documents: "cran.all.1400".into(),
-                queries: "cran.qry".into(),
-                judgments: "QRelsCorrectedforTRECeval".into(),
-                query_ids: QueryIds::Ordinal,
-                relevant_grades: GradeRange { min: 1, max: 4 },
-            },
-            sweep: false,
+            dataset_dir: PathBuf::from("../shared/datasets"),
+            layout: LayoutOverrides::default(),
+            plan: quality::Plan::default(),
             tenant: None,
         };
         let mut dataset_dir = None;
@@ -97,22 +152,54 @@ impl Options {
                     .map(str::to_owned)
                     .with_context(|| format!("{arg} needs a value"))
             };
+            let layout = &mut options.layout;
             match arg {
-                "--documents" => options.layout.documents = value()?,
-                "--queries" => options.layout.queries = value()?,
-                "--judgments" => options.layout.judgments = value()?,
+                "--documents" => layout.documents = Some(value()?),
+                "--queries" => layout.queries = Some(value()?),
+                "--judgments" => layout.judgments = Some(value()?),
+                "--judgment-columns" => {
+                    layout.judgment_columns =
+                        Some(JudgmentColumns::parse(&value()?).context("--judgment-columns")?);
+                }
                 "--query-ids" => {
-                    options.layout.query_ids = match value()?.as_str() {
+                    layout.query_ids = Some(match value()?.as_str() {
                         "ordinal" => QueryIds::Ordinal,
                         "labelled" => QueryIds::Labelled,
                         other => bail!("--query-ids: `{other}` is not ordinal or labelled"),
-                    }
+                    })
                 }
                 "--relevant-grades" => {
-                    options.layout.relevant_grades =
-                        GradeRange::parse(&value()?).context("--relevant-grades")?;
+                    layout.relevant_grades =
+                        Some(GradeRange::parse(&value()?).context("--relevant-grades")?);
                 }
-                "--sweep" => options.sweep = true,
+                "--sweep" => options.plan.sweep = true,
+                "--reference" => options.plan.reference = true,
+                "--set" => {
+                    let (name, value) = knob(&value()?).context("--set")?;
+                    options.plan.base.insert(name, value);
+                }
+                "--try" => {
+                    let text = value()?;
+                    let (name, values) = text
+                        .split_once('=')
+                        .with_context(|| format!("--try `{text}`: expected KNOB=V1,V2"))?;
+                    let values = values
+                        .split(',')
+                        .map(|v| knob(&format!("{name}={v}")).map(|(_, v)| v))
+                        .collect::<anyhow::Result<_>>()?;
+                    options.plan.trials.push((name.to_owned(), values));
+                }
+                "--modes" => {
+                    options.plan.modes = value()?.split(',').map(str::to_owned).collect();
+                    if let Some(mode) = options
+                        .plan
+                        .modes
+                        .iter()
+                        .find(|m| !quality::MODES.contains(&m.as_str()))
+                    {
+                        bail!("--modes: `{mode}` is not keyword, vector or hybrid");
+                    }
+                }
                 "--tenant" => options.tenant = Some(value()?),
                 flag if flag.starts_with("--") => bail!("unknown option {flag}"),
                 dir if dataset_dir.is_none() => dataset_dir = Some(PathBuf::from(dir)),
@@ -123,6 +210,34 @@ impl Options {
             options.dataset_dir = dir;
         }
         Ok(options)
+    }
+
+    /// Each collection to score and its layout: the directory itself when
+    /// it holds a known collection or options name its files, else each of
+    /// its subdirectories that holds one, by name.
+    fn collections(&self) -> anyhow::Result<Vec<(PathBuf, Layout)>> {
+        let dir = &self.dataset_dir;
+        if let Some(layout) = Layout::detect(dir) {
+            return Ok(vec![(dir.clone(), self.layout.apply(layout))]);
+        }
+        if self.layout.any_file() {
+            return Ok(vec![(dir.clone(), self.layout.apply(Layout::cranfield()))]);
+        }
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if let Some(layout) = Layout::detect(&path) {
+                found.push((path, self.layout.apply(layout)));
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        if found.is_empty() {
+            bail!(
+                "{}: no known collection here or in its subdirectories; name the files with --documents, --queries and --judgments",
+                dir.display()
+            );
+        }
+        Ok(found)
     }
 }
 
@@ -153,28 +268,42 @@ pub fn main(args: &[String]) -> std::process::ExitCode {
 }
 
 async fn run(options: Options) -> anyhow::Result<()> {
-    let collection = Collection::load(&options.dataset_dir, &options.layout)?;
-    let counts = &collection.judgment_counts;
-    eprintln!(
-        "{}: {} documents ({} empty records skipped), {} queries, {} relevant judgments (grades {}; {} not relevant, {} with other grades ignored)",
-        collection.name,
-        collection.documents.len(),
-        collection.empty_documents,
-        collection.queries.len(),
-        counts.relevant,
-        options.layout.relevant_grades,
-        counts.not_relevant,
-        counts.out_of_range,
-    );
+    let mut collections = Vec::new();
+    for (dir, layout) in options.collections()? {
+        let collection = Collection::load(&dir, &layout)?;
+        let counts = &collection.judgment_counts;
+        eprintln!(
+            "{}: {} documents ({} empty records skipped), {} queries, {} relevant judgments (grades {}; {} not relevant, {} with other grades ignored)",
+            collection.name,
+            collection.documents.len(),
+            collection.empty_documents,
+            collection.queries.len(),
+            counts.relevant,
+            layout.relevant_grades,
+            counts.not_relevant,
+            counts.out_of_range,
+        );
+        collections.push(collection);
+    }
+    if options.section == Section::Load {
+        collections.truncate(1);
+    }
     let harness = Harness::start().await?;
-    let ingested = harness
-        .ingest(&collection, options.tenant.as_deref())
-        .await?;
+    let mut sets = Vec::new();
+    for collection in collections {
+        let slug = options
+            .tenant
+            .as_ref()
+            .map(|prefix| format!("{prefix}-{}", collection.name.to_ascii_lowercase()));
+        let ingested = harness.ingest(&collection, slug.as_deref()).await?;
+        sets.push(quality::Loaded::new(&harness, collection, ingested).await?);
+    }
     if options.section != Section::Load {
-        quality::run(&harness, &collection, &ingested, options.sweep).await?;
+        quality::run(&harness, &sets, &options.plan).await?;
     }
     if options.section != Section::Quality {
-        load::run(&harness, &collection, &ingested).await?;
+        let first = &sets[0];
+        load::run(&harness, &first.collection, &first.ingested).await?;
     }
     Ok(())
 }
@@ -498,20 +627,28 @@ mod tests {
     fn sections_and_options_parse() {
         let all = Options::parse(&[]).unwrap();
         assert_eq!(all.section, Section::All);
-        assert_eq!(all.layout.documents, "cran.all.1400");
+        assert_eq!(all.dataset_dir, PathBuf::from("../shared/datasets"));
         let quality = Options::parse(&args(
-            "quality /data/cisi --documents CISI.ALL --query-ids labelled --relevant-grades 1-2 --sweep",
+            "quality /data/cisi --documents CISI.ALL --query-ids labelled --relevant-grades 1-2 --judgment-columns 1,2 --sweep --set rrf_k=20 --try bm25_b=0.3,0.5 --modes keyword",
         ))
         .unwrap();
         assert_eq!(quality.section, Section::Quality);
         assert_eq!(quality.dataset_dir, PathBuf::from("/data/cisi"));
-        assert_eq!(quality.layout.documents, "CISI.ALL");
-        assert_eq!(quality.layout.query_ids, QueryIds::Labelled);
+        let layout = quality.layout.apply(Layout::cranfield());
+        assert_eq!(layout.documents, "CISI.ALL");
+        assert_eq!(layout.queries, "cran.qry", "not overridden");
+        assert_eq!(layout.query_ids, QueryIds::Labelled);
+        assert_eq!(layout.relevant_grades, GradeRange { min: 1, max: 2 });
+        assert_eq!(layout.judgment_columns.grade, None);
+        assert!(quality.plan.sweep);
+        assert_eq!(quality.plan.base["rrf_k"], json!(20));
         assert_eq!(
-            quality.layout.relevant_grades,
-            GradeRange { min: 1, max: 2 }
+            quality.plan.trials,
+            [("bm25_b".to_owned(), vec![json!(0.3), json!(0.5)])]
         );
-        assert!(quality.sweep);
+        assert_eq!(quality.plan.modes, ["keyword"]);
+        assert!(Options::parse(&args("quality --modes fuzzy")).is_err());
+        assert!(Options::parse(&args("quality --set rrf_k")).is_err());
         assert_eq!(
             Options::parse(&args("load")).unwrap().section,
             Section::Load
@@ -519,6 +656,50 @@ mod tests {
         assert!(Options::parse(&args("quality --bogus")).is_err());
         assert!(Options::parse(&args("quality --tenant")).is_err());
         assert!(Options::parse(&args("quality a b")).is_err());
+    }
+
+    #[test]
+    fn a_directory_of_collections_is_each_of_them() {
+        let root = std::env::temp_dir().join(format!("keel-collections-{}", std::process::id()));
+        for (name, file) in [("med", "MED.ALL"), ("cacm", "cacm.all"), ("notes", "x.txt")] {
+            std::fs::create_dir_all(root.join(name)).unwrap();
+            std::fs::write(root.join(name).join(file), "").unwrap();
+        }
+        let options = Options::parse(&args(&format!(
+            "quality {} --relevant-grades 1-2",
+            root.display()
+        )))
+        .unwrap();
+        let found = options.collections().unwrap();
+        assert_eq!(
+            found,
+            [
+                (
+                    root.join("cacm"),
+                    Layout {
+                        relevant_grades: GradeRange { min: 1, max: 2 },
+                        ..Layout::cacm()
+                    }
+                ),
+                (
+                    root.join("med"),
+                    Layout {
+                        relevant_grades: GradeRange { min: 1, max: 2 },
+                        ..Layout::med()
+                    }
+                ),
+            ]
+        );
+        let one =
+            Options::parse(&args(&format!("quality {}", root.join("med").display()))).unwrap();
+        assert_eq!(
+            one.collections().unwrap(),
+            [(root.join("med"), Layout::med())]
+        );
+        let empty =
+            Options::parse(&args(&format!("quality {}", root.join("notes").display()))).unwrap();
+        assert!(empty.collections().is_err());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

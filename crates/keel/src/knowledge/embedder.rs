@@ -29,9 +29,17 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddingError {
     #[error("the provider rate-limited every attempt (429) after {attempts} attempts")]
-    RateLimited { attempts: u32 },
+    RateLimited {
+        attempts: u32,
+        /// The provider's `retry-after` on the last attempt.
+        retry_after: Option<Duration>,
+    },
     #[error("the provider failed with HTTP {status} after {attempts} attempts")]
-    ServerError { status: u16, attempts: u32 },
+    ServerError {
+        status: u16,
+        attempts: u32,
+        retry_after: Option<Duration>,
+    },
     #[error("the provider timed out after {attempts} attempts")]
     Timeout { attempts: u32 },
     #[error("the provider was unreachable after {attempts} attempts")]
@@ -42,6 +50,52 @@ pub enum EmbeddingError {
     Protocol(String),
     #[error("no time left before the deadline to ask the provider")]
     Deadline,
+}
+
+/// Whose fault a failed request was, which decides what happens to its jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// The provider refused these inputs (400, 413, 422): one of them is
+    /// bad; splitting the batch finds which.
+    Input,
+    /// The provider answered something unusable for these inputs: their
+    /// jobs spend an attempt.
+    Unusable,
+    /// The provider is unavailable to everyone (unreachable, timeouts, 429,
+    /// 5xx) or refuses this deployment (401, 403, 404: a key or model to
+    /// fix): nothing is wrong with the inputs, which wait without spending
+    /// an attempt.
+    Outage,
+    /// The run's time ran out before the provider could answer.
+    OutOfTime,
+}
+
+impl EmbeddingError {
+    pub fn class(&self) -> FailureClass {
+        match self {
+            Self::Rejected {
+                status: 400 | 413 | 422,
+                ..
+            } => FailureClass::Input,
+            Self::Protocol(_) => FailureClass::Unusable,
+            Self::Deadline => FailureClass::OutOfTime,
+            Self::Rejected { .. }
+            | Self::RateLimited { .. }
+            | Self::ServerError { .. }
+            | Self::Timeout { .. }
+            | Self::Unreachable { .. } => FailureClass::Outage,
+        }
+    }
+
+    /// How long the provider asked to be left alone, if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. } | Self::ServerError { retry_after, .. } => {
+                *retry_after
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What one attempt came to.
@@ -215,13 +269,17 @@ fn status_error(
 ) -> AttemptError {
     match status.as_u16() {
         429 => AttemptError::Retry {
-            error: EmbeddingError::RateLimited { attempts },
+            error: EmbeddingError::RateLimited {
+                attempts,
+                retry_after: after,
+            },
             after,
         },
         408 | 409 | 500..=599 => AttemptError::Retry {
             error: EmbeddingError::ServerError {
                 status: status.as_u16(),
                 attempts,
+                retry_after: after,
             },
             after,
         },

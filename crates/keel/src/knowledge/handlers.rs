@@ -91,3 +91,11 @@ pub async fn generate(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     .await?;
     report_response(report, started)
 }
+
+/// `POST /api/embeddings/retry`: the caller's failed chunks, queued again
+/// with a fresh set of attempts.
+pub async fn retry(app: Arc<App>, request: ApiRequest) -> HandlerResult {
+    let tenant = auth::tenant(&request)?;
+    let requeued = jobs::retry_failed(&app.db, &app.knowledge, &tenant).await?;
+    json_of(StatusCode::OK, &requeued)
+}

@@ -1,4 +1,4 @@
-//! The knowledge SQL functions Keel calls (migrations/0002, 0006), one typed
+//! The knowledge SQL functions Keel calls (migrations/0002, 0006, 0011), one typed
 //! binding each.
 
 use std::collections::HashMap;
@@ -123,12 +123,21 @@ pub struct ClaimEmbeddingJobs<'a> {
     pub dimensions: u32,
     pub limit: u32,
     pub lease_seconds: u64,
+    /// Only jobs due by then: the run's first `claimed_at`, so a job the
+    /// run rescheduled waits for a later run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub due_before: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
 pub struct EmbeddingClaim {
     pub lease_token: String,
     pub jobs: Vec<EmbeddingJob>,
+    /// The database's time of the claim.
+    pub claimed_at: String,
+    /// Set (and `jobs` empty) while the provider's circuit is open.
+    #[serde(default)]
+    pub paused_until: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -143,14 +152,25 @@ impl SqlFunction for ClaimEmbeddingJobs<'_> {
     type Output = EmbeddingClaim;
 }
 
-/// `keel_complete_embedding_jobs`: stores vectors, schedules retries.
+/// `keel_complete_embedding_jobs`: stores vectors, schedules retries,
+/// gives back jobs the provider never judged, opens or closes the circuit.
 #[derive(Serialize)]
 pub struct CompleteEmbeddingJobs<'a> {
     pub model: &'a str,
     pub dimensions: u32,
     pub lease_token: &'a str,
     pub embedded: Vec<EmbeddedJob>,
+    /// Rejected inputs: each spends an attempt.
     pub failed: Vec<FailedJob<'a>>,
+    /// Chunk ids given back without spending an attempt.
+    pub deferred: Vec<i64>,
+    pub deferred_error: Option<&'a str>,
+    /// The provider is down: open the circuit.
+    pub outage: bool,
+    /// The provider's `retry-after`, which then sets the pause.
+    pub retry_after_seconds: Option<f64>,
+    pub outage_base_seconds: f64,
+    pub outage_max_seconds: f64,
     pub max_attempts: u32,
     pub retry_base_seconds: f64,
 }
@@ -172,12 +192,58 @@ pub struct Completion {
     pub stored: u64,
     pub retrying: u64,
     pub failed: u64,
+    pub deferred: u64,
+    /// Until when the circuit is open, when this completion opened it.
+    pub paused_until: Option<String>,
     pub remaining: u64,
 }
 
 impl SqlFunction for CompleteEmbeddingJobs<'_> {
     const NAME: &'static str = "keel_complete_embedding_jobs";
     type Output = Completion;
+}
+
+/// `keel_prepare_embedding_model`: one bounded step of making the configured
+/// model current (after a change or a rollback), creating its index and
+/// queueing its backfill.
+#[derive(Serialize)]
+pub struct PrepareEmbeddingModel<'a> {
+    pub model: &'a str,
+    pub dimensions: u32,
+    /// Chunks the step may scan.
+    pub limit: u32,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ModelPreparation {
+    /// The model became current again (a change or a rollback to it).
+    pub activated: bool,
+    pub index_created: bool,
+    pub queued: u64,
+    /// The backfill has covered every chunk.
+    pub done: bool,
+}
+
+impl SqlFunction for PrepareEmbeddingModel<'_> {
+    const NAME: &'static str = "keel_prepare_embedding_model";
+    type Output = ModelPreparation;
+}
+
+/// `keel_retry_embedding_jobs`: the caller's failed jobs, queued again.
+#[derive(Serialize)]
+pub struct RetryEmbeddingJobs<'a> {
+    pub model: &'a str,
+    pub dimensions: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Requeued {
+    pub requeued: u64,
+}
+
+impl SqlFunction for RetryEmbeddingJobs<'_> {
+    const NAME: &'static str = "keel_retry_embedding_jobs";
+    type Output = Requeued;
 }
 
 /// `keel_search`: one round trip that picks the model, asks for a query

@@ -127,8 +127,14 @@ pub async fn metrics(app: Arc<App>, request: ApiRequest) -> HandlerResult {
 pub async fn maintenance(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     auth::require_cron(&app, &request)?;
     let model = &app.knowledge.model;
-    let report =
-        maintenance::run(&app.db, &app.config.tasks, &model.name, model.dimensions).await?;
+    let report = maintenance::run(
+        &app.db,
+        &app.config.tasks,
+        &model.name,
+        model.dimensions,
+        app.config.cron_time_budget,
+    )
+    .await?;
     tracing::info!(?report, "maintenance finished");
     json_of(StatusCode::OK, &report)
 }

@@ -2,8 +2,13 @@
 //! deliveries and rate-limit hits, releases stale leases, schedules webhook
 //! reconciliation, and retires a replaced embedding model's vectors a day
 //! after the change.
+//!
+//! Every step works in bounded batches, each one SQL call and so one short
+//! transaction that skips rows others hold locked: a large backlog is worked
+//! off over calls (and runs) instead of timing out and rolling back, and
+//! lease release and reconciliation never wait behind it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,17 +20,30 @@ use crate::platform::db::{Db, DbError, SqlFunction};
 const REPLACED_MODEL_ROLLBACK_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// Rows of each kind one maintenance run may delete: bounded work per run.
 const PRUNE_BATCH: u32 = 50_000;
+/// Rows of each kind one call deletes or releases: one short transaction,
+/// well inside `DB_TIMEOUT_MS`, even on a busy database.
+const BATCH: u32 = 5_000;
 
-/// `keel_maintenance`: retention, leases and reconciliation scheduling.
+/// `keel_maintenance`: one bounded pass over retention, leases and
+/// reconciliation scheduling.
 #[derive(Serialize)]
 struct KeelMaintenance {
     task_retention_days: u32,
     delivery_retention_days: u32,
     /// The current hour: reconciliation runs once per endpoint per window.
     window: String,
+    batch: u32,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
+struct MaintenancePass {
+    #[serde(flatten)]
+    done: Housekeeping,
+    /// A batch was full: there is more to do.
+    more: bool,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Housekeeping {
     pub query_cache_expired: u64,
     pub tasks_pruned: u64,
@@ -35,14 +53,33 @@ pub struct Housekeeping {
     pub reconciliations_enqueued: u64,
 }
 
-impl SqlFunction for KeelMaintenance {
-    const NAME: &'static str = "keel_maintenance";
-    type Output = Housekeeping;
+impl Housekeeping {
+    fn add(&mut self, pass: &Housekeeping) {
+        self.query_cache_expired += pass.query_cache_expired;
+        self.tasks_pruned += pass.tasks_pruned;
+        self.deliveries_pruned += pass.deliveries_pruned;
+        self.task_leases_released += pass.task_leases_released;
+        self.embedding_leases_released += pass.embedding_leases_released;
+        self.reconciliations_enqueued += pass.reconciliations_enqueued;
+    }
 }
 
-/// `keel_prune_rate_limits`: hits that left every window.
+impl SqlFunction for KeelMaintenance {
+    const NAME: &'static str = "keel_maintenance";
+    type Output = MaintenancePass;
+}
+
+/// `keel_prune_rate_limits`: at most `batch` hits that left every window.
 #[derive(Serialize)]
-struct PruneRateLimits {}
+struct PruneRateLimits {
+    batch: u32,
+}
+
+#[derive(Debug, Deserialize)]
+struct RateLimitPass {
+    rate_limit_hits_pruned: u64,
+    more: bool,
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RateLimitsPruned {
@@ -51,7 +88,7 @@ pub struct RateLimitsPruned {
 
 impl SqlFunction for PruneRateLimits {
     const NAME: &'static str = "keel_prune_rate_limits";
-    type Output = RateLimitsPruned;
+    type Output = RateLimitPass;
 }
 
 /// `keel_prune_replaced_vectors`: other models' vectors and jobs, for
@@ -84,25 +121,51 @@ pub struct MaintenanceReport {
     pub rate_limits: RateLimitsPruned,
     #[serde(flatten)]
     pub replaced_vectors: ReplacedVectorsPruned,
+    /// False when the time budget ended the run with work left for the next.
+    pub caught_up: bool,
 }
 
-/// Runs every maintenance step; `model`/`dimensions` is the configured
-/// embedding model, whose vectors are never pruned.
+/// Runs every maintenance step, batch after batch, until caught up or
+/// `budget` is spent; `model`/`dimensions` is the configured embedding
+/// model, whose vectors are never pruned.
 pub async fn run(
     db: &Db,
     settings: &TaskSettings,
     model: &str,
     dimensions: u32,
+    budget: Duration,
 ) -> Result<MaintenanceReport, DbError> {
+    let deadline = Instant::now() + budget;
     let window = time::OffsetDateTime::now_utc().unix_timestamp() / 3600;
-    let housekeeping = db
-        .run(&KeelMaintenance {
-            task_retention_days: settings.task_retention_days,
-            delivery_retention_days: settings.delivery_retention_days,
-            window: window.to_string(),
-        })
-        .await?;
-    let rate_limits = db.run(&PruneRateLimits {}).await?;
+    let mut housekeeping = Housekeeping::default();
+    let mut caught_up = false;
+    while Instant::now() < deadline {
+        let pass = db
+            .run(&KeelMaintenance {
+                task_retention_days: settings.task_retention_days,
+                delivery_retention_days: settings.delivery_retention_days,
+                window: window.to_string(),
+                batch: BATCH,
+            })
+            .await?;
+        housekeeping.add(&pass.done);
+        if !pass.more {
+            caught_up = true;
+            break;
+        }
+    }
+    let mut rate_limits = RateLimitsPruned {
+        rate_limit_hits_pruned: 0,
+    };
+    let mut hits_caught_up = false;
+    while Instant::now() < deadline {
+        let pass = db.run(&PruneRateLimits { batch: BATCH }).await?;
+        rate_limits.rate_limit_hits_pruned += pass.rate_limit_hits_pruned;
+        if !pass.more {
+            hits_caught_up = true;
+            break;
+        }
+    }
     let replaced_vectors = db
         .run(&PruneReplacedVectors {
             model,
@@ -115,5 +178,6 @@ pub async fn run(
         housekeeping,
         rate_limits,
         replaced_vectors,
+        caught_up: caught_up && hits_caught_up,
     })
 }

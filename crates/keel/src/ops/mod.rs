@@ -1,4 +1,4 @@
-//! Operations: rate limits, the audit record, health checks, metrics and
+//! Operations: rate limits, per-tenant quotas, the audit record, health checks, metrics and
 //! maintenance. The lowest area: every other area may use it.
 
 pub mod audit;
@@ -6,4 +6,5 @@ pub mod handlers;
 pub mod health;
 pub mod maintenance;
 pub mod metrics;
+pub mod quotas;
 pub mod ratelimit;

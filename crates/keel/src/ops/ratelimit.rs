@@ -1,11 +1,16 @@
-//! Request quotas: per tenant on tenant-key routes, per client address on
-//! unauthenticated ones, with limits from config (`RATE_LIMIT_*`).
+//! Request quotas: per tenant on tenant-key routes (per client address for a
+//! key that authenticates no tenant), per client address on unauthenticated
+//! ones, per endpoint and sender address on webhook intake, with limits from
+//! config (`RATE_LIMIT_*`).
 //!
 //! Serverless instances share no memory, so the count lives in Postgres
-//! (migrations/0005). A route declares its [`Scope`]; each request gets a
-//! [`RateGate`], and the first database call made on the request's behalf goes
-//! through `keel_gated`, which authenticates, takes one request from the quota
-//! and runs the call in the same round trip. A refused request runs nothing
+//! (migrations/0005, 0010). A route declares its [`Scope`]; each request gets
+//! a [`RateGate`], and the first database call made on the request's behalf
+//! goes through `keel_gated`, which authenticates, takes one request from the
+//! quota and runs the call in the same round trip. The count is kept whatever
+//! the call answers (a 401, 404 or 409 costs a request like a 200): the call
+//! runs in its own subtransaction and its error comes back as data, raised
+//! here as the [`DbError`] it is. A refused request runs nothing
 //! and answers 429 with `Retry-After`; every charged response carries
 //! `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` and
 //! `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
@@ -29,7 +34,8 @@ pub enum Scope {
     Tenant,
     /// Unauthenticated routes that reach the database, per client address.
     Anonymous,
-    /// Webhook intake, per client address.
+    /// Webhook intake, per endpoint and sender address (per sender address
+    /// for ids naming no endpoint).
     Webhook,
 }
 
@@ -52,7 +58,19 @@ impl Scope {
         }
     }
 
-    fn per_address(self) -> bool {
+    /// What `keel_gated` counts requests against: `tenant` (the key's
+    /// tenant, else the client address), `address` or `endpoint` (the
+    /// webhook endpoint and sender address, else the sender address).
+    fn per(self) -> &'static str {
+        match self {
+            Scope::Search | Scope::Tenant => "tenant",
+            Scope::Anonymous => "address",
+            Scope::Webhook => "endpoint",
+        }
+    }
+
+    /// Scopes that cannot count anything without the client address.
+    fn needs_address(self) -> bool {
         matches!(self, Scope::Anonymous | Scope::Webhook)
     }
 }
@@ -116,22 +134,38 @@ struct KeelGated<'a, F> {
     function: &'static str,
     args: &'a F,
     limit: Limit,
+    /// `return`: the function's error comes back as `error`, so the count
+    /// it took is committed.
+    errors: &'static str,
 }
 
 #[derive(Serialize)]
 struct Limit {
     scope: &'static str,
     per_minute: u32,
+    per: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     client_ip: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct Gated {
-    quota: Quota,
+    /// None only when there was nothing to count by (no client address for
+    /// a key that authenticates no tenant).
+    quota: Option<Quota>,
     /// The wrapped function's result, decoded once the quota allowed it.
     #[serde(default)]
     result: Value,
+    /// The error the wrapped function raised.
+    error: Option<GatedError>,
+}
+
+#[derive(Deserialize)]
+struct GatedError {
+    code: String,
+    message: String,
+    details: Option<String>,
+    hint: Option<String>,
 }
 
 impl<F: SqlFunction> SqlFunction for KeelGated<'_, F> {
@@ -150,11 +184,11 @@ impl RateGate {
         client_ip: Option<IpAddr>,
     ) -> Self {
         let plan = scope
-            .filter(|scope| !scope.per_address() || client_ip.is_some())
+            .filter(|scope| !scope.needs_address() || client_ip.is_some())
             .map(|scope| Plan {
                 scope,
                 per_minute: scope.per_minute(settings),
-                client_ip: client_ip.filter(|_| scope.per_address()),
+                client_ip,
             });
         Self {
             plan,
@@ -181,13 +215,26 @@ impl RateGate {
                 limit: Limit {
                     scope: plan.scope.as_str(),
                     per_minute: plan.per_minute,
+                    per: plan.scope.per(),
                     client_ip: plan.client_ip.map(bucket_subject),
                 },
+                errors: "return",
             })
             .await?;
-        let quota = self.charged.get_or_init(|| gated.quota);
-        if !quota.allowed {
-            return Err(GateError::Refused(plan.scope, quota.clone()));
+        if let Some(quota) = gated.quota {
+            let quota = self.charged.get_or_init(|| quota);
+            if !quota.allowed {
+                return Err(GateError::Refused(plan.scope, quota.clone()));
+            }
+        }
+        if let Some(error) = gated.error {
+            return Err(GateError::Db(DbError::Rejected {
+                function: F::NAME,
+                code: error.code,
+                message: error.message,
+                details: error.details,
+                hint: error.hint,
+            }));
         }
         serde_json::from_value(gated.result).map_err(|e| {
             GateError::Db(DbError::Protocol {
@@ -271,32 +318,32 @@ mod tests {
     }
 
     #[test]
-    fn gates_pick_the_scope_limit_and_key_per_address_scopes_by_address() {
+    fn gates_pick_the_scope_limit_and_what_it_counts_per() {
         let ip: IpAddr = "203.0.113.7".parse().unwrap();
         let cases = [
             (
                 Some(Scope::Search),
                 Some(ip),
-                Some((60, None)),
-                "tenant scope ignores the address",
+                Some((60, "tenant", Some(ip))),
+                "per tenant; the address counts keys that authenticate no tenant",
             ),
             (
                 Some(Scope::Tenant),
                 None,
-                Some((300, None)),
+                Some((300, "tenant", None)),
                 "tenant scope needs no address",
             ),
             (
                 Some(Scope::Anonymous),
                 Some(ip),
-                Some((30, Some(ip))),
+                Some((30, "address", Some(ip))),
                 "per address",
             ),
             (
                 Some(Scope::Webhook),
                 Some(ip),
-                Some((600, Some(ip))),
-                "per address",
+                Some((600, "endpoint", Some(ip))),
+                "per endpoint and sender address",
             ),
             (
                 Some(Scope::Anonymous),
@@ -304,11 +351,19 @@ mod tests {
                 None,
                 "no address, no shared bucket",
             ),
+            (
+                Some(Scope::Webhook),
+                None,
+                None,
+                "no sender address, no shared bucket",
+            ),
             (None, Some(ip), None, "route without a scope"),
         ];
         for (scope, client_ip, expected, reason) in cases {
             let gate = RateGate::new(scope, &settings(), client_ip);
-            let plan = gate.plan.map(|p| (p.per_minute, p.client_ip));
+            let plan = gate
+                .plan
+                .map(|p| (p.per_minute, p.scope.per(), p.client_ip));
             assert_eq!(plan, expected, "{reason}");
         }
     }

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::response::json_response;
 use crate::knowledge::KnowledgeError;
+use crate::ops::quotas::QuotaExceeded;
 use crate::ops::ratelimit::{GateError, Quota, Scope};
 use crate::platform::db::{DbError, DbErrorClass};
 use crate::platform::telemetry;
@@ -154,6 +155,18 @@ impl ApiError {
         error
     }
 
+    /// Over a per-tenant quota: 429 with `Retry-After` when waiting helps
+    /// (a daily volume, a full queue), else 409 (a count: free one first).
+    pub fn over_quota(refused: QuotaExceeded) -> Self {
+        let status = match refused.retry_after {
+            Some(_) => StatusCode::TOO_MANY_REQUESTS,
+            None => StatusCode::CONFLICT,
+        };
+        let mut error = Self::new(status, refused.quota.code(), refused.to_string());
+        error.retry_after = refused.retry_after;
+        error
+    }
+
     pub fn maintenance() -> Self {
         let mut error = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -287,6 +300,7 @@ impl From<WebhookError> for ApiError {
                 "no webhook-signature matches this endpoint's secret",
             ),
             WebhookError::UnknownEndpoint => ApiError::not_found(error.to_string()),
+            WebhookError::OverQuota(refused) => ApiError::over_quota(refused),
             WebhookError::NoEncryptionKey => ApiError::unavailable(
                 error.to_string(),
                 anyhow::anyhow!("ENCRYPTION_KEY is unset"),

@@ -15,4 +15,4 @@ pub mod runtime;
 pub use error::ApiError;
 pub use request::ApiRequest;
 pub use response::{json_of, json_response, page_response};
-pub use routing::{HandlerResult, Route, Router};
+pub use routing::{BodyLimit, HandlerResult, Route, Router};

@@ -86,10 +86,10 @@ async fn dispatch(
     if !route.allows(&parts.method) {
         return ApiError::method_not_allowed(route.allow_header()).into_response(request_id);
     }
+    let body_limit = route.body_limit.bytes(&app.config);
     let body = match body {
-        Ok(body) if body.len() > app.config.max_body_bytes => {
-            return ApiError::payload_too_large(app.config.max_body_bytes)
-                .into_response(request_id);
+        Ok(body) if body.len() > body_limit => {
+            return ApiError::payload_too_large(body_limit).into_response(request_id);
         }
         Ok(body) => body,
         Err(error) => return error.into_response(request_id),

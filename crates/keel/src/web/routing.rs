@@ -14,6 +14,7 @@ use super::error::ApiError;
 use super::request::{ApiRequest, decode_path_segment, rewritten_path_param};
 use crate::app::App;
 use crate::ops::ratelimit::Scope;
+use crate::platform::config::Config;
 
 pub type HandlerResult = Result<Response<Bytes>, ApiError>;
 pub type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
@@ -30,6 +31,27 @@ pub struct Route {
     pub exempt_from_maintenance: bool,
     /// The quota requests to this route draw from (none: not limited).
     pub rate_scope: Option<Scope>,
+    /// The largest request body the route reads.
+    pub body_limit: BodyLimit,
+}
+
+/// Which configured body limit a route applies (413 above it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLimit {
+    /// `MAX_BODY_BYTES`.
+    General,
+    /// `WEBHOOK_MAX_BODY_BYTES`: intake reads bodies from anyone who knows
+    /// an endpoint's URL, before any signature is checked.
+    WebhookIntake,
+}
+
+impl BodyLimit {
+    pub fn bytes(self, config: &Config) -> usize {
+        match self {
+            BodyLimit::General => config.max_body_bytes,
+            BodyLimit::WebhookIntake => config.webhook_max_body_bytes,
+        }
+    }
 }
 
 impl Route {
@@ -40,7 +62,13 @@ impl Route {
             handler,
             exempt_from_maintenance: false,
             rate_scope: None,
+            body_limit: BodyLimit::General,
         }
+    }
+
+    pub const fn body_limit(mut self, limit: BodyLimit) -> Self {
+        self.body_limit = limit;
+        self
     }
 
     pub const fn rate_limited(mut self, scope: Scope) -> Self {
@@ -128,6 +156,16 @@ impl Router {
             return Some((route, params));
         }
         None
+    }
+}
+
+impl Router {
+    /// The body limit of the route `path` reaches, before the body is read
+    /// (no route: the general limit, the 404 needs no body).
+    pub(super) fn body_limit(&self, path: &str, query: Option<&str>, config: &Config) -> usize {
+        self.find(path, query)
+            .map_or(BodyLimit::General, |(route, _)| route.body_limit)
+            .bytes(config)
     }
 }
 

@@ -14,8 +14,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Limited};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt as _;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
@@ -108,21 +110,62 @@ pub fn serve_blocking(router: Router) -> ExitCode {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Reads a body, refusing more than `limit` bytes without buffering them.
+/// How much of an oversized body is still read, and dropped, before the 413,
+/// and for how long at most: clients such as Python's urllib write the whole
+/// body before reading the answer, and closing on them while they upload
+/// turns the 413 into a broken pipe. Past either bound the connection closes.
+const DRAIN_BYTES: usize = 16 * 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Reads a body, refusing more than `limit` bytes without buffering them;
+/// the rest of a refused body is drained (bounded) so the client reads the 413.
 async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, ApiError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::payload_too_large(limit))
+    let mut body = std::pin::pin!(body);
+    let expected = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
+    let mut collected = BytesMut::with_capacity(expected.min(limit));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| {
+            ApiError::bad_request(
+                "invalid_body",
+                format!("could not read the request body: {}", error.into()),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if collected.len() + data.len() > limit {
+            drain(body, DRAIN_BYTES).await;
+            return Err(ApiError::payload_too_large(limit));
         }
-        Err(error) => Err(ApiError::bad_request(
-            "invalid_body",
-            format!("could not read the request body: {error}"),
-        )),
+        collected.extend_from_slice(&data);
+    }
+    Ok(collected.freeze())
+}
+
+/// Reads and drops up to `bytes` more of `body`, for at most [`DRAIN_TIME`].
+async fn drain<B>(mut body: std::pin::Pin<&mut B>, bytes: usize)
+where
+    B: hyper::body::Body<Data = Bytes>,
+{
+    let drained = async {
+        let mut left = bytes;
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            match left.checked_sub(data.len()) {
+                Some(rest) => left = rest,
+                None => return false,
+            }
+        }
+        true
+    };
+    if !matches!(tokio::time::timeout(DRAIN_TIME, drained).await, Ok(true)) {
+        tracing::debug!("stopped draining an oversized body; the connection closes");
     }
 }
 
@@ -132,7 +175,8 @@ async fn vercel(app: Arc<App>, router: Arc<Router>) -> Result<(), BoxError> {
         let router = router.clone();
         async move {
             let (parts, body) = request.into_parts();
-            let body = read_body(body, app.config.max_body_bytes).await;
+            let limit = router.body_limit(parts.uri.path(), parts.uri.query(), &app.config);
+            let body = read_body(body, limit).await;
             let response = handle(app, &router, http::Request::from_parts(parts, body), None).await;
             Ok::<_, vercel_runtime::Error>(response.map(vercel_runtime::ResponseBody::from))
         }
@@ -172,6 +216,17 @@ fn lambda_context(request: &lambda_http::Request) -> (Option<String>, Option<IpA
         Some(RequestContext::ApiGatewayV2(ctx)) => (
             ctx.stage.clone(),
             ctx.http.source_ip.as_deref().and_then(|ip| ip.parse().ok()),
+        ),
+        // An ALB appends the address it saw to the client's own
+        // x-forwarded-for: only the last entry is not the client's choice.
+        Some(RequestContext::Alb(_)) => (
+            None,
+            request
+                .headers()
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .and_then(|ip| ip.trim().parse().ok()),
         ),
         _ => (None, None),
     }
@@ -252,7 +307,8 @@ pub async fn serve_local(
                 let router = router.clone();
                 async move {
                     let (parts, body) = request.into_parts();
-                    let body = read_body(body, app.config.max_body_bytes).await;
+                    let limit = router.body_limit(parts.uri.path(), parts.uri.query(), &app.config);
+                    let body = read_body(body, limit).await;
                     let response = handle(
                         app,
                         &router,
@@ -327,6 +383,41 @@ mod tests {
             Platform::Lambda
         );
         assert_eq!(Platform::detect(env(&[])), Platform::Local);
+    }
+
+    #[test]
+    fn behind_an_alb_the_client_is_the_address_the_load_balancer_appended() {
+        use lambda_http::aws_lambda_events::alb::AlbTargetGroupRequestContext;
+        use lambda_http::request::RequestContext;
+        // An ALB appends the address it saw to whatever x-forwarded-for the
+        // client sent, so only the last entry is not the client's to choose.
+        let request = |forwarded: Option<&str>| {
+            let mut builder = http::Request::builder()
+                .extension(RequestContext::Alb(AlbTargetGroupRequestContext::default()));
+            if let Some(forwarded) = forwarded {
+                builder = builder.header("x-forwarded-for", forwarded);
+            }
+            builder.body(lambda_http::Body::Empty).unwrap()
+        };
+        let cases = [
+            (
+                Some("6.6.6.6, 203.0.113.9"),
+                Some("203.0.113.9"),
+                "a spoofed first entry is ignored",
+            ),
+            (
+                Some("203.0.113.9"),
+                Some("203.0.113.9"),
+                "no proxy before the ALB",
+            ),
+            (Some("6.6.6.6, not-an-ip"), None, "an unreadable last entry"),
+            (None, None, "no header"),
+        ];
+        for (forwarded, expected, reason) in cases {
+            let (stage, peer) = lambda_context(&request(forwarded));
+            assert_eq!(stage, None, "{reason}");
+            assert_eq!(peer, expected.map(|ip| ip.parse().unwrap()), "{reason}");
+        }
     }
 
     #[test]

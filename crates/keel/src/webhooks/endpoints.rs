@@ -9,8 +9,8 @@ use rand::RngCore as _;
 use super::WebhookError;
 use super::signatures::SECRET_PREFIX;
 use super::store::{
-    CreateWebhookEndpoint, CreatedEndpoint, EndpointRecord, RotateWebhookSecret, RotatedSecret,
-    WebhookEndpoint,
+    CreateWebhookEndpoint, CreatedEndpoint, EndpointCreation, EndpointRecord, RotateWebhookSecret,
+    RotatedSecret, WebhookEndpoint,
 };
 use crate::ops::audit::Audit;
 use crate::ops::ratelimit::RateGate;
@@ -22,7 +22,8 @@ use crate::tenants::TenantRef;
 pub const DEFAULT_ROTATION_GRACE_SECONDS: u32 = 24 * 3600;
 pub const MAX_ROTATION_GRACE_SECONDS: u32 = 7 * 24 * 3600;
 
-/// A new endpoint of `tenant` and its secret, shown to the caller once.
+/// A new endpoint of `tenant` and its secret, shown to the caller once; one
+/// with a `pull_url` is refused past `TENANT_MAX_PULL_ENDPOINTS`.
 pub async fn create(
     db: &Db,
     config: &Config,
@@ -41,11 +42,15 @@ pub async fn create(
                 pull_url,
                 secret_ciphertext: &sealed.ciphertext,
                 key_id: &sealed.key_id,
+                max_pull_endpoints: config.tasks.quotas.pull_endpoints,
                 audit,
             },
         )
         .await?;
-    Ok((created, secret))
+    match created {
+        EndpointCreation::Created(created) => Ok((created, secret)),
+        EndpointCreation::Refused { refused } => Err(WebhookError::OverQuota(refused)),
+    }
 }
 
 /// A new secret for the tenant's endpoint `id`; the previous one verifies

@@ -149,6 +149,10 @@ pub async fn receive(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     ))
 }
 
+/// Payload bytes one deliveries page may carry: responses stay under
+/// Vercel's 4.5 MB cut with room for the rows' other fields.
+const DELIVERIES_PAGE_MAX_BYTES: u64 = 3_500_000;
+
 /// `GET /api/webhooks/deliveries?limit=&cursor=`, oldest first.
 pub async fn list_deliveries(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     let tenant = auth::tenant(&request)?;
@@ -159,6 +163,7 @@ pub async fn list_deliveries(app: Arc<App>, request: ApiRequest) -> HandlerResul
             &ListWebhookDeliveries {
                 limit: page.limit,
                 cursor: page.cursor.as_deref(),
+                max_bytes: DELIVERIES_PAGE_MAX_BYTES,
             },
         )
         .await?;

@@ -4,6 +4,7 @@
 
 use http::HeaderMap;
 use serde_json::Value;
+use time::format_description::well_known::Rfc3339;
 
 use super::signatures::Rejection;
 use super::store::{AcceptWebhook, Accepted, CountWebhookRejection, EndpointRecord};
@@ -17,6 +18,8 @@ struct Verified {
     webhook_id: String,
     event_type: String,
     payload: Value,
+    /// The ordering key: the event's own `timestamp`, else `webhook-timestamp`.
+    event_at: String,
 }
 
 /// Verifies and stores a delivery to `endpoint_id`. The endpoint lookup goes
@@ -31,15 +34,24 @@ pub async fn receive(
 ) -> Result<Accepted, WebhookError> {
     let endpoint = endpoints::load(db, gate, endpoint_id).await?;
     match verify(config, &endpoint, headers, body) {
-        Ok(event) => Ok(db
-            .run(&AcceptWebhook {
-                endpoint_id: &endpoint.id,
-                webhook_id: &event.webhook_id,
-                event_type: &event.event_type,
-                payload: &event.payload,
-            })
-            .await
-            .map_err(GateError::from)?),
+        Ok(event) => {
+            let accepted = db
+                .run(&AcceptWebhook {
+                    endpoint_id: &endpoint.id,
+                    webhook_id: &event.webhook_id,
+                    event_type: &event.event_type,
+                    payload: &event.payload,
+                    event_at: Some(&event.event_at),
+                    max_webhook_bytes_per_day: config.tasks.quotas.webhook_bytes_per_day,
+                    max_queued_tasks: config.tasks.quotas.queued_tasks,
+                })
+                .await
+                .map_err(GateError::from)?;
+            match accepted.refused {
+                Some(refused) => Err(WebhookError::OverQuota(refused)),
+                None => Ok(accepted),
+            }
+        }
         Err(error) => {
             // Counted for metrics; the delivery itself is not stored.
             if let Err(count_error) = db.run(&CountWebhookRejection {}).await {
@@ -77,14 +89,13 @@ fn verify(
     let timestamp = header(headers, "webhook-timestamp")?;
     let signatures = header(headers, "webhook-signature")?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let mut verdict = Err(Rejection::Forged);
-    for secret in endpoints::secrets(config, endpoint)? {
-        verdict = signatures::verify(&secret, webhook_id, timestamp, signatures, body, now);
-        if !matches!(verdict, Err(Rejection::Forged)) {
-            break;
-        }
-    }
-    verdict?;
+    let secrets = endpoints::secrets(config, endpoint)?;
+    signatures::verify(&secrets, webhook_id, timestamp, signatures, body, now)?;
+    let sent_at = timestamp
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .and_then(|seconds| time::OffsetDateTime::from_unix_timestamp(seconds).ok());
     let payload: Value = serde_json::from_slice(body).map_err(|e| {
         Rejection::Malformed("invalid_payload", format!("the body is not JSON: {e}"))
     })?;
@@ -99,9 +110,30 @@ fn verify(
             )
         })?
         .to_owned();
+    let event_at = event_time(&payload)
+        .or(sent_at)
+        .and_then(|at| at.format(&Rfc3339).ok())
+        .ok_or_else(|| {
+            Rejection::Malformed(
+                "invalid_header",
+                "webhook-timestamp must be Unix seconds".to_owned(),
+            )
+        })?;
     Ok(Verified {
         webhook_id: webhook_id.to_owned(),
         event_type,
         payload,
+        event_at,
     })
+}
+
+/// An event's own time, its `timestamp`: RFC 3339 or Unix seconds. Events
+/// are applied in this order (see `processing`); a sender whose events carry
+/// no timestamp is ordered by when it signed each delivery.
+pub fn event_time(event: &Value) -> Option<time::OffsetDateTime> {
+    match event.get("timestamp")? {
+        Value::String(text) => time::OffsetDateTime::parse(text, &Rfc3339).ok(),
+        Value::Number(number) => time::OffsetDateTime::from_unix_timestamp(number.as_i64()?).ok(),
+        _ => None,
+    }
 }

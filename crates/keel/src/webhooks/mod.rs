@@ -19,6 +19,7 @@ pub mod reconcile;
 pub mod signatures;
 pub mod store;
 
+use crate::ops::quotas::QuotaExceeded;
 use crate::ops::ratelimit::GateError;
 use crate::platform::crypto::OpenError;
 use signatures::Rejection;
@@ -40,6 +41,9 @@ pub enum WebhookError {
         #[source]
         source: OpenError,
     },
+    /// Over one of the tenant's quotas; nothing was stored.
+    #[error(transparent)]
+    OverQuota(QuotaExceeded),
     #[error(transparent)]
     Call(#[from] GateError),
 }

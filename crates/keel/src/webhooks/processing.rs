@@ -1,12 +1,20 @@
 //! The `webhook.process` task kind: applies a stored delivery. Document
 //! events keep a tenant's knowledge in sync (`document.upserted`,
 //! `document.deleted`); other events are stored for the tenant to consume.
+//!
+//! Tasks run concurrently and reconciliation replays missed events late, so
+//! document events are applied in event order, not arrival order: each
+//! document remembers the newest event applied to it (by the delivery's
+//! `event_at`: the event's `timestamp`, else its `webhook-timestamp`; a
+//! delete is kept as a tombstone for the delivery retention), and an older
+//! event is skipped for that document. While one delivery applies to a
+//! document, another for the same document waits (retries).
 
 use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::store::{FinishWebhookDelivery, WebhookDelivery};
+use super::store::{FinishWebhookDelivery, OrderDocumentEvents, WebhookDelivery};
 use crate::knowledge::{Knowledge, KnowledgeError, documents};
 use crate::platform::db::Db;
 use crate::tasks::{Task, TaskError};
@@ -42,10 +50,12 @@ pub async fn process_delivery(
     };
     let data = &delivery.payload["data"];
     let outcome = match delivery.event_type.as_str() {
-        "document.upserted" => sync_upsert(db, knowledge, &tenant, data)
+        "document.upserted" => sync_upsert(db, knowledge, &tenant, delivery.id, data)
             .await
             .map(|()| "processed"),
-        "document.deleted" => sync_delete(db, &tenant, data).await.map(|()| "processed"),
+        "document.deleted" => sync_delete(db, &tenant, delivery.id, data)
+            .await
+            .map(|()| "processed"),
         _ => Ok("stored"),
     };
     let status = match &outcome {
@@ -65,16 +75,65 @@ pub async fn process_delivery(
     outcome.map(|_| ())
 }
 
+/// How long a delivery holds its documents while applying; a worker that
+/// dies holding them blocks other events for these documents this long.
+const APPLY_LEASE_SECONDS: u64 = 300;
+
+/// The ids of `ids` this delivery may apply: those no newer event touched.
+async fn newer_than_seen(
+    db: &Db,
+    tenant: &TenantRef,
+    delivery_id: i64,
+    ids: &[&str],
+    deleted: bool,
+) -> Result<Vec<String>, TaskError> {
+    let order = tenant
+        .run(
+            db,
+            &OrderDocumentEvents {
+                delivery_id,
+                ids,
+                deleted,
+                lease_seconds: APPLY_LEASE_SECONDS,
+            },
+        )
+        .await?;
+    if !order.busy.is_empty() {
+        return Err(TaskError::Retry(format!(
+            "another delivery is applying document(s) {}",
+            order.busy.join(", ")
+        )));
+    }
+    if !order.stale.is_empty() {
+        tracing::info!(
+            delivery = delivery_id,
+            documents = order.stale.join(", "),
+            "skipped: these documents already saw a newer event"
+        );
+    }
+    Ok(order.apply)
+}
+
 /// `data` is the documents API's body (`{"documents":[…]}`) or one document.
 async fn sync_upsert(
     db: &Db,
     knowledge: &Arc<Knowledge>,
     tenant: &TenantRef,
+    delivery_id: i64,
     data: &Value,
 ) -> Result<(), TaskError> {
     let parsed = documents::parse_documents(data)
         .map_err(|e| TaskError::permanent("document.upserted data", e))?;
     documents::validate(&parsed, &knowledge.limits).map_err(sync_error)?;
+    let ids: Vec<&str> = parsed.iter().map(|d| d.id.as_str()).collect();
+    let apply = newer_than_seen(db, tenant, delivery_id, &ids, false).await?;
+    let parsed: Vec<_> = parsed
+        .into_iter()
+        .filter(|d| apply.contains(&d.id))
+        .collect();
+    if parsed.is_empty() {
+        return Ok(());
+    }
     documents::upsert(db, knowledge, tenant, parsed)
         .await
         .map_err(sync_error)?;
@@ -82,7 +141,12 @@ async fn sync_upsert(
 }
 
 /// `data` is `{"id"}` or `{"ids":[…]}`; deleting what is already gone is fine.
-async fn sync_delete(db: &Db, tenant: &TenantRef, data: &Value) -> Result<(), TaskError> {
+async fn sync_delete(
+    db: &Db,
+    tenant: &TenantRef,
+    delivery_id: i64,
+    data: &Value,
+) -> Result<(), TaskError> {
     let ids: Vec<&str> = match (data.get("id"), data.get("ids")) {
         (Some(Value::String(id)), _) => vec![id.as_str()],
         (_, Some(Value::Array(ids))) => ids.iter().filter_map(Value::as_str).collect(),
@@ -93,7 +157,8 @@ async fn sync_delete(db: &Db, tenant: &TenantRef, data: &Value) -> Result<(), Ta
             ));
         }
     };
-    for id in ids {
+    let apply = newer_than_seen(db, tenant, delivery_id, &ids, true).await?;
+    for id in &apply {
         match documents::delete(db, tenant, id).await {
             Ok(_) => {}
             Err(error) if error.is_not_found() => {}

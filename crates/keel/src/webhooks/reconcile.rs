@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
+use time::format_description::well_known::Rfc3339;
 
 use super::store::AcceptWebhook;
-use super::{WebhookError, endpoints};
+use super::{WebhookError, endpoints, intake};
 use crate::ops::ratelimit::RateGate;
 use crate::platform::config::Config;
 use crate::platform::db::Db;
@@ -66,14 +67,24 @@ pub async fn reconcile(db: &Db, config: &Config, task: Task) -> Result<(), TaskE
             );
             continue;
         };
+        // A pulled event without a `timestamp` has no ordering key: it
+        // never overwrites a document that any timed event has touched.
+        let event_at = intake::event_time(event).and_then(|at| at.format(&Rfc3339).ok());
         let result = db
             .run(&AcceptWebhook {
                 endpoint_id: &endpoint.id,
                 webhook_id: id,
                 event_type: kind,
                 payload: event,
+                event_at: event_at.as_deref(),
+                max_webhook_bytes_per_day: config.tasks.quotas.webhook_bytes_per_day,
+                max_queued_tasks: config.tasks.quotas.queued_tasks,
             })
             .await?;
+        if let Some(refused) = result.refused {
+            // The events accepted so far are stored; the rest come next time.
+            return Err(TaskError::Retry(refused.to_string()));
+        }
         accepted += u32::from(!result.duplicate);
     }
     tracing::info!(

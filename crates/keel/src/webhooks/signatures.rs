@@ -6,6 +6,7 @@
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use subtle::{Choice, ConstantTimeEq as _};
 
 /// Standard Webhooks' replay window.
 pub const TOLERANCE_SECONDS: i64 = 5 * 60;
@@ -46,9 +47,19 @@ pub fn sign(secret: &str, webhook_id: &str, timestamp: i64, body: &[u8]) -> Stri
     )
 }
 
-/// Verifies a delivery against `secret` at time `now` (Unix seconds).
+/// At most this many entries in `webhook-signature`: a rotation lists two.
+pub const MAX_SIGNATURES: usize = 8;
+/// At most this many bytes of `webhook-signature` (eight entries of any
+/// version fit well within it).
+pub const MAX_SIGNATURE_HEADER_BYTES: usize = 2048;
+
+/// Verifies a delivery against any of `secrets` at time `now` (Unix
+/// seconds). The cost is bounded whatever the sender lists: the header is
+/// refused past [`MAX_SIGNATURE_HEADER_BYTES`] or [`MAX_SIGNATURES`] entries,
+/// and each secret's MAC over the body is computed once, then compared in
+/// constant time with each listed `v1` signature.
 pub fn verify(
-    secret: &str,
+    secrets: &[String],
     webhook_id: &str,
     timestamp: &str,
     signatures: &str,
@@ -64,26 +75,52 @@ pub fn verify(
     if (now - timestamp).abs() > TOLERANCE_SECONDS {
         return Err(Rejection::Stale);
     }
-    let key = signing_key(secret).ok_or(Rejection::Forged)?;
-    let mut signed = Vec::with_capacity(webhook_id.len() + body.len() + 16);
-    signed.extend_from_slice(format!("{webhook_id}.{timestamp}.").as_bytes());
-    signed.extend_from_slice(body);
-    // Every listed v1 signature is tried (senders list old and new during a
-    // rotation); `verify_slice` compares in constant time.
-    let matched = signatures
-        .split_whitespace()
-        .filter_map(|entry| entry.strip_prefix("v1,"))
-        .filter_map(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
-        .any(|candidate| {
-            let mut mac = hmac_with(&key);
-            mac.update(&signed);
-            mac.verify_slice(&candidate).is_ok()
+    let candidates = candidates(signatures)?;
+    if candidates.is_empty() {
+        return Err(Rejection::Forged);
+    }
+    let prefix = format!("{webhook_id}.{timestamp}.");
+    let matched = secrets.iter().filter_map(|s| signing_key(s)).any(|key| {
+        let mut mac = hmac_with(&key);
+        mac.update(prefix.as_bytes());
+        mac.update(body);
+        let expected = mac.finalize().into_bytes();
+        // Every candidate is compared in constant time, so the time says
+        // nothing about which one matched.
+        let found = candidates.iter().fold(Choice::from(0), |found, candidate| {
+            found | expected.as_slice().ct_eq(candidate)
         });
+        bool::from(found)
+    });
     if matched {
         Ok(())
     } else {
         Err(Rejection::Forged)
     }
+}
+
+/// The `v1` signatures listed in a `webhook-signature` header, once it is
+/// within the caps; entries of other versions count towards them too.
+fn candidates(signatures: &str) -> Result<Vec<[u8; 32]>, Rejection> {
+    if signatures.len() > MAX_SIGNATURE_HEADER_BYTES {
+        return Err(Rejection::Malformed(
+            "invalid_header",
+            format!("webhook-signature must be at most {MAX_SIGNATURE_HEADER_BYTES} bytes"),
+        ));
+    }
+    let entries: Vec<&str> = signatures.split_whitespace().collect();
+    if entries.len() > MAX_SIGNATURES {
+        return Err(Rejection::Malformed(
+            "invalid_header",
+            format!("webhook-signature must list at most {MAX_SIGNATURES} signatures"),
+        ));
+    }
+    Ok(entries
+        .into_iter()
+        .filter_map(|entry| entry.strip_prefix("v1,"))
+        .filter_map(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+        .filter_map(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok())
+        .collect())
 }
 
 #[cfg(test)]
@@ -100,7 +137,7 @@ mod tests {
         assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
         assert_eq!(
             verify(
-                SECRET,
+                &[SECRET.to_owned()],
                 "msg_p5jXN8AQM9LWM0D4loKWxJek",
                 "1614265330",
                 &signature,
@@ -108,6 +145,34 @@ mod tests {
                 1614265330
             ),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn any_of_the_endpoints_secrets_verifies_during_a_rotation() {
+        let body = br#"{"type":"call.ended"}"#;
+        let now = 1_700_000_000;
+        let previous = "whsec_b3RoZXItc2VjcmV0LW90aGVyLXNlY3JldA==";
+        let secrets = [SECRET.to_owned(), previous.to_owned()];
+        for (secret, reason) in [(SECRET, "current secret"), (previous, "previous secret")] {
+            let signature = sign(secret, "msg_1", now, body);
+            assert_eq!(
+                verify(&secrets, "msg_1", &now.to_string(), &signature, body, now),
+                Ok(()),
+                "{reason}"
+            );
+        }
+        assert_eq!(
+            verify(
+                &[],
+                "msg_1",
+                &now.to_string(),
+                &sign(SECRET, "msg_1", now, body),
+                body,
+                now
+            ),
+            Err(Rejection::Forged),
+            "no secret, no match"
         );
     }
 
@@ -215,10 +280,40 @@ mod tests {
                 Err(Rejection::Forged),
                 "garbage signature",
             ),
+            (
+                "msg_1",
+                now.to_string(),
+                format!("{} {good}", ["v1,AAAA"; 7].join(" ")),
+                body,
+                Ok(()),
+                "eight entries, the last authentic",
+            ),
+            (
+                "msg_1",
+                now.to_string(),
+                format!("{} {good}", ["v1,"; 8].join(" ")),
+                body,
+                Err(Rejection::Malformed(
+                    "invalid_header",
+                    "webhook-signature must list at most 8 signatures".into(),
+                )),
+                "a ninth entry, even an authentic one",
+            ),
+            (
+                "msg_1",
+                now.to_string(),
+                format!("{good} v1a,{}", "A".repeat(2048)),
+                body,
+                Err(Rejection::Malformed(
+                    "invalid_header",
+                    "webhook-signature must be at most 2048 bytes".into(),
+                )),
+                "a header over 2 KiB",
+            ),
         ];
         for (id, timestamp, signatures, body, expected, reason) in cases {
             assert_eq!(
-                verify(SECRET, id, &timestamp, &signatures, body, now),
+                verify(&[SECRET.to_owned()], id, &timestamp, &signatures, body, now),
                 expected,
                 "{reason}"
             );

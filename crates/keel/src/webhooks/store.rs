@@ -1,11 +1,12 @@
-//! The webhook SQL functions Keel calls (migrations/0003, 0005), one typed
-//! binding each.
+//! The webhook SQL functions Keel calls (migrations/0003, 0005, 0012), one
+//! typed binding each.
 
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ops::audit::Audit;
+use crate::ops::quotas::QuotaExceeded;
 use crate::platform::db::{Page, SqlFunction};
 
 /// `keel_create_webhook_endpoint`: a tenant's endpoint with its sealed secret.
@@ -15,7 +16,17 @@ pub struct CreateWebhookEndpoint<'a> {
     pub pull_url: Option<&'a str>,
     pub secret_ciphertext: &'a str,
     pub key_id: &'a str,
+    /// With a `pull_url`: refused once the tenant has this many.
+    pub max_pull_endpoints: u32,
     pub audit: &'a Audit,
+}
+
+/// The endpoint, or the quota that refused it.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum EndpointCreation {
+    Refused { refused: QuotaExceeded },
+    Created(CreatedEndpoint),
 }
 
 #[derive(Debug, Deserialize)]
@@ -28,7 +39,7 @@ pub struct CreatedEndpoint {
 
 impl SqlFunction for CreateWebhookEndpoint<'_> {
     const NAME: &'static str = "keel_create_webhook_endpoint";
-    type Output = CreatedEndpoint;
+    type Output = EndpointCreation;
 }
 
 /// `keel_rotate_webhook_secret`: a new secret; the old one verifies for
@@ -79,18 +90,26 @@ impl SqlFunction for WebhookEndpoint<'_> {
 }
 
 /// `keel_accept_webhook`: stores a verified delivery and enqueues its
-/// processing in one transaction; a known webhook id is a duplicate.
+/// processing in one transaction; a known webhook id is a duplicate; a new
+/// one over the tenant's quotas is refused, storing nothing.
 #[derive(Serialize)]
 pub struct AcceptWebhook<'a> {
     pub endpoint_id: &'a str,
     pub webhook_id: &'a str,
     pub event_type: &'a str,
     pub payload: &'a Value,
+    /// The event's ordering key (RFC 3339), if it has one.
+    pub event_at: Option<&'a str>,
+    pub max_webhook_bytes_per_day: u64,
+    pub max_queued_tasks: u32,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct Accepted {
+    #[serde(default)]
     pub duplicate: bool,
+    #[serde(default)]
+    pub refused: Option<QuotaExceeded>,
 }
 
 impl SqlFunction for AcceptWebhook<'_> {
@@ -138,11 +157,13 @@ impl SqlFunction for FinishWebhookDelivery<'_> {
     type Output = IgnoredAny;
 }
 
-/// `keel_list_webhook_deliveries`: the tenant's deliveries, oldest first.
+/// `keel_list_webhook_deliveries`: the tenant's deliveries, oldest first,
+/// at most `limit` rows and `max_bytes` of payload.
 #[derive(Serialize)]
 pub struct ListWebhookDeliveries<'a> {
     pub limit: u32,
     pub cursor: Option<&'a str>,
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -152,10 +173,36 @@ pub struct DeliverySummary {
     pub event_type: String,
     pub received_at: String,
     pub status: String,
+    /// Null when this one payload alone is over the page's byte bound.
     pub payload: Value,
+    pub payload_bytes: u64,
 }
 
 impl SqlFunction for ListWebhookDeliveries<'_> {
     const NAME: &'static str = "keel_list_webhook_deliveries";
     type Output = Page<DeliverySummary>;
+}
+
+/// `keel_order_document_events`: which of a delivery's documents it may
+/// apply (no newer event was applied to them), which are stale, and which
+/// another delivery is applying right now (then nothing is decided).
+#[derive(Serialize)]
+pub struct OrderDocumentEvents<'a> {
+    pub delivery_id: i64,
+    pub ids: &'a [&'a str],
+    pub deleted: bool,
+    /// How long this delivery holds the documents while it applies.
+    pub lease_seconds: u64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EventOrder {
+    pub apply: Vec<String>,
+    pub stale: Vec<String>,
+    pub busy: Vec<String>,
+}
+
+impl SqlFunction for OrderDocumentEvents<'_> {
+    const NAME: &'static str = "keel_order_document_events";
+    type Output = EventOrder;
 }

@@ -27,7 +27,7 @@ pub use knowledge::{
     EmbeddingSettings, EmbeddingsProviderConfig, IngestLimits, OPENAI_DEFAULT_BASE_URL,
     SearchSettings,
 };
-pub use operations::{RateLimitSettings, SentryConfig, TaskSettings};
+pub use operations::{RateLimitSettings, SentryConfig, TaskSettings, TenantQuotas};
 use vars::Vars;
 
 /// Where the deployment runs; decides log format, HSTS and strictness.
@@ -84,6 +84,9 @@ pub struct Config {
     pub maintenance_mode: bool,
     pub slow_request: Duration,
     pub max_body_bytes: usize,
+    /// The smaller body limit of webhook intake, whose bodies are read by
+    /// anyone who knows an endpoint's URL.
+    pub webhook_max_body_bytes: usize,
     pub ready_check_timeout: Duration,
     pub embedding: EmbeddingSettings,
     pub ingest: IngestLimits,
@@ -169,7 +172,8 @@ impl Config {
         let client_ip_source = env.client_ip_source();
         let maintenance_mode = env.flag("MAINTENANCE_MODE");
         let slow_request = Duration::from_millis(env.parsed("SLOW_REQUEST_MS", 5_000u64));
-        let max_body_bytes = env.parsed("MAX_BODY_BYTES", 4 * 1024 * 1024usize);
+        let max_body_bytes = env.body_limit("MAX_BODY_BYTES", 4 * 1024 * 1024);
+        let webhook_max_body_bytes = env.body_limit("WEBHOOK_MAX_BODY_BYTES", 1024 * 1024);
         let ready_check_timeout =
             Duration::from_millis(env.parsed("READY_CHECK_TIMEOUT_MS", 2_000u64));
         let embedding = env.embedding_settings();
@@ -205,6 +209,7 @@ impl Config {
             maintenance_mode,
             slow_request,
             max_body_bytes,
+            webhook_max_body_bytes,
             ready_check_timeout,
             embedding,
             ingest,

@@ -32,6 +32,19 @@ pub struct TaskSettings {
     pub delivery_retention_days: u32,
     /// Development only: lets reconciliation pull from loopback/private hosts.
     pub allow_private_pull_urls: bool,
+    /// Per-tenant bounds, so one tenant cannot fill the database or the queue.
+    pub quotas: TenantQuotas,
+}
+
+/// Per-tenant quotas (README, "Per-tenant quotas").
+#[derive(Debug, Clone)]
+pub struct TenantQuotas {
+    /// Webhook payload bytes stored per tenant and UTC day.
+    pub webhook_bytes_per_day: u64,
+    /// Unfinished (queued, retrying or running) tasks per tenant.
+    pub queued_tasks: u32,
+    /// Endpoints with a `pull_url` per tenant (each is pulled hourly).
+    pub pull_endpoints: u32,
 }
 
 impl Vars<'_> {
@@ -50,6 +63,13 @@ impl Vars<'_> {
             task_retention_days: self.parsed("TASK_RETENTION_DAYS", 7u32).max(1),
             delivery_retention_days: self.parsed("WEBHOOK_DELIVERY_RETENTION_DAYS", 30u32).max(1),
             allow_private_pull_urls: self.flag("ALLOW_PRIVATE_PULL_URLS"),
+            quotas: TenantQuotas {
+                webhook_bytes_per_day: self
+                    .parsed("TENANT_WEBHOOK_BYTES_PER_DAY", 256 * 1024 * 1024u64)
+                    .max(1),
+                queued_tasks: self.parsed("TENANT_MAX_QUEUED_TASKS", 10_000u32).max(1),
+                pull_endpoints: self.parsed("TENANT_MAX_PULL_ENDPOINTS", 5u32),
+            },
         };
         if tasks.allow_private_pull_urls && production {
             self.problem(

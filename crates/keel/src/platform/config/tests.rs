@@ -68,6 +68,24 @@ fn every_problem_is_reported_at_once_naming_each_variable() {
 }
 
 #[test]
+fn body_limits_default_to_4_mib_and_1_mib_for_webhook_intake_and_refuse_zero() {
+    let config = Config::from_vars(&vars(&[("DATABASE_URL", "postgres://u:p@localhost/keel")]))
+        .expect("valid");
+    assert_eq!(config.max_body_bytes, 4 * 1024 * 1024);
+    assert_eq!(config.webhook_max_body_bytes, 1024 * 1024);
+
+    let result = Config::from_vars(&vars(&[
+        ("DATABASE_URL", "postgres://u:p@localhost/keel"),
+        ("MAX_BODY_BYTES", "0"),
+        ("WEBHOOK_MAX_BODY_BYTES", "1MB"),
+    ]));
+    assert_eq!(
+        problem_variables(result),
+        vec!["MAX_BODY_BYTES", "WEBHOOK_MAX_BODY_BYTES"]
+    );
+}
+
+#[test]
 fn rate_limits_default_to_the_guides_and_refuse_zero_or_words() {
     let config = Config::from_vars(&vars(&[("DATABASE_URL", "postgres://u:p@localhost/keel")]))
         .expect("valid");

@@ -61,6 +61,16 @@ impl<'a> Vars<'a> {
         value
     }
 
+    /// A request body limit in bytes, at least 1.
+    pub(super) fn body_limit(&mut self, name: &'static str, default: usize) -> usize {
+        let value = self.parsed(name, default);
+        if value == 0 {
+            self.problem(name, "must be at least 1 byte");
+            return default;
+        }
+        value
+    }
+
     pub(super) fn flag(&mut self, name: &'static str) -> bool {
         match self.optional(name).map(str::to_ascii_lowercase).as_deref() {
             None | Some("false" | "0" | "no" | "off") => false,
