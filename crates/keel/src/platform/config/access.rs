@@ -16,8 +16,8 @@ use super::vars::Vars;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientIpSource {
     /// The platform's own record only: the socket locally, the API Gateway
-    /// request context on Lambda. Headers are ignored; a request without a
-    /// peer (an ALB event) has no known address.
+    /// request context on Lambda, the entry an ALB appended to
+    /// `x-forwarded-for` (see `web::runtime`). Client-written headers are ignored.
     Peer,
     /// Vercel's `x-real-ip`, else the first `x-forwarded-for` entry: Vercel's
     /// edge overwrites both, so clients cannot set them there.
