@@ -751,12 +751,15 @@ def watch_env(database_url):
     }
     env.update(secrets)
     env.update(
-        DATABASE_URL=database_url,
+        # Production requires TLS to the database (verify-full: chain and host name).
+        DATABASE_URL=database_url.replace("sslmode=disable", "sslmode=verify-full"),
+        DATABASE_CA_CERT=Path(os.environ["KEEL_WATCH_DATABASE_CA_CERT"]).read_text(),
         ENVIRONMENT="production",
         LOG_LEVEL="warn",
         # Nothing listens on the discard port: search degrades to keyword mode and the
-        # embeddings cron records a failure without waiting on retries.
-        OPENAI_BASE_URL="http://127.0.0.1:9/v1",
+        # embeddings cron records a failure without waiting on retries. (https: production
+        # refuses a plain-text provider URL.)
+        OPENAI_BASE_URL="https://127.0.0.1:9/v1",
         EMBEDDING_MAX_RETRIES="0",
     )
     return env, secrets

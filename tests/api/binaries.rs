@@ -27,7 +27,11 @@ fn free_port() -> u16 {
 }
 
 fn health_binary(db: &TestDatabase, envs: &[(&str, String)]) -> Child {
-    let mut command = Command::new(HEALTH_BIN);
+    route_binary(HEALTH_BIN, db, envs)
+}
+
+fn route_binary(binary: &str, db: &TestDatabase, envs: &[(&str, String)]) -> Child {
+    let mut command = Command::new(binary);
     command
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -39,7 +43,7 @@ fn health_binary(db: &TestDatabase, envs: &[(&str, String)]) -> Child {
     for (key, value) in envs {
         command.env(key, value);
     }
-    command.spawn().expect("health binary starts")
+    command.spawn().expect("route binary starts")
 }
 
 async fn get_when_up(url: &str, request_id: &str) -> reqwest::Response {
@@ -317,4 +321,201 @@ async fn a_route_binary_answers_rest_http_api_and_function_url_events_on_lambda(
         .find(|(key, _)| key == "unknown-path:response")
         .unwrap();
     assert_eq!(other["statusCode"], 200);
+}
+
+/// `HTTP_PROXY` in a function's environment (set by a platform, a layer, or
+/// an attacker who can set one variable) must not route tenant pulls
+/// through a proxy that resolves and reaches what the SSRF guard refused.
+#[tokio::test]
+async fn pulls_never_go_through_a_proxy_named_in_the_environment() {
+    let app = crate::helpers::spawn_app_with(|_, vars| {
+        vars.insert("ALLOW_PRIVATE_PULL_URLS".into(), "true".into());
+    })
+    .await;
+    let key = app.create_tenant("shop").await;
+    let pulled = Arc::new(Mutex::new(0));
+    let counter = pulled.clone();
+    let pull = serve_http(move |_| {
+        *counter.lock().unwrap() += 1;
+        async { crate::support::json_reply(StatusCode::OK, json!({"events": []})) }
+    })
+    .await;
+    let proxied = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = proxied.clone();
+    let proxy = serve_http(move |request: Request<Bytes>| {
+        seen.lock().unwrap().push(request.uri().to_string());
+        async { crate::support::json_reply(StatusCode::OK, json!({"events": []})) }
+    })
+    .await;
+    app.create_webhook_endpoint(
+        &key,
+        json!({"source": "cms", "pull_url": format!("http://{pull}/events")}),
+    )
+    .await;
+    app.run_cron("/api/cron/maintenance").await;
+    let port = free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tasks"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(crate::helpers::base_vars(&app.db))
+        .env("PORT", port.to_string())
+        .env("ALLOW_PRIVATE_PULL_URLS", "true")
+        .env("HTTP_PROXY", format!("http://{proxy}"))
+        .env("http_proxy", format!("http://{proxy}"))
+        .env("ALL_PROXY", format!("http://{proxy}"))
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let _child = command.spawn().expect("tasks binary starts");
+
+    keel::platform::tls::tls_config();
+    let url = format!("http://127.0.0.1:{port}/api/cron/tasks");
+    let mut report = None;
+    for _ in 0..100 {
+        if let Ok(response) = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(&url)
+            .bearer_auth(crate::helpers::CRON_SECRET)
+            .send()
+            .await
+        {
+            report = Some(response.json::<Value>().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let report = report.expect("the tasks binary answered");
+    assert_eq!(report["succeeded"], 1, "{report}");
+    assert_eq!(*proxied.lock().unwrap(), Vec::<String>::new());
+    assert_eq!(*pulled.lock().unwrap(), 1);
+}
+
+/// The anonymous quota a Vercel function takes for two addresses.
+async fn two_ready_calls_on_vercel(first_ip: &str, second_ip: &str) -> Vec<u16> {
+    let db = TestDatabase::migrated().await;
+    let port = free_port();
+    let _child = route_binary(
+        env!("CARGO_BIN_EXE_ready"),
+        &db,
+        &[
+            ("VERCEL", "1".into()),
+            ("VERCEL_DEV_PORT", port.to_string()),
+            ("RATE_LIMIT_ANONYMOUS_PER_MINUTE", "1".into()),
+        ],
+    );
+    let url = format!("http://127.0.0.1:{port}/api/ready");
+    get_when_up(&format!("http://127.0.0.1:{port}/api/health"), "up").await;
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for ip in [first_ip, second_ip] {
+        let response = client
+            .get(&url)
+            .header("x-real-ip", ip)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn an_ipv6_client_is_one_client_across_its_whole_slash_64() {
+    // Any IPv6 host is handed a /64: per-address buckets would give it 2^64 quotas.
+    assert_eq!(
+        two_ready_calls_on_vercel("2001:db8:1:2::1", "2001:db8:1:2:ffff::9").await,
+        [200, 429]
+    );
+    assert_eq!(
+        two_ready_calls_on_vercel("2001:db8:1:2::1", "2001:db8:1:3::1").await,
+        [200, 200],
+        "another /64 is another client"
+    );
+}
+
+/// An Application Load Balancer event, which carries no source address:
+/// the ALB appends the address it saw to whatever `x-forwarded-for` came in.
+fn alb_event(forwarded_for: &str) -> Value {
+    json!({
+        "requestContext": {"elb": {"targetGroupArn": "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/keel/abc"}},
+        "httpMethod": "GET",
+        "path": "/api/ready",
+        "queryStringParameters": {},
+        "headers": {"x-forwarded-for": forwarded_for, "x-amzn-trace-id": "Root=1-5759e988-bd862e3fe1be46a994272793"},
+        "body": "",
+        "isBase64Encoded": false
+    })
+}
+
+/// Runs the ready function on Lambda behind an ALB, one event per forged
+/// first `x-forwarded-for` entry from the same real client, and returns each
+/// response.
+async fn ready_behind_an_alb(envs: &[(&str, String)]) -> Vec<Value> {
+    let db = TestDatabase::migrated().await;
+    let runtime = RuntimeApi::default();
+    runtime.events.lock().unwrap().extend(
+        ["198.51.100.1", "198.51.100.2", "198.51.100.3"]
+            .iter()
+            .enumerate()
+            .map(|(n, forged)| {
+                (
+                    format!("alb-{n}"),
+                    alb_event(&format!("{forged}, 203.0.113.9")),
+                )
+            }),
+    );
+    let api = runtime.clone();
+    let address = serve_http(move |request| api.clone().handle(request)).await;
+    let mut envs = envs.to_vec();
+    envs.extend([
+        ("AWS_LAMBDA_RUNTIME_API", address.to_string()),
+        ("AWS_LAMBDA_FUNCTION_NAME", "ready".into()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128".into()),
+        ("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/ready".into()),
+        ("AWS_LAMBDA_LOG_STREAM_NAME", "stream".into()),
+        ("RATE_LIMIT_ANONYMOUS_PER_MINUTE", "1".into()),
+    ]);
+    let _child = route_binary(env!("CARGO_BIN_EXE_ready"), &db, &envs);
+
+    let responses = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if runtime.responses.lock().unwrap().len() >= 3 {
+                return runtime.responses.lock().unwrap().clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the function answered every event");
+    (0..3)
+        .map(|n| {
+            responses
+                .iter()
+                .find(|(key, _)| key == &format!("alb-{n}:response"))
+                .unwrap_or_else(|| panic!("no response to alb-{n}: {responses:?}"))
+                .1
+                .clone()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn behind_a_load_balancer_a_forged_forwarded_for_buys_no_fresh_quota() {
+    // By default (the ALB's appended entry is the peer), and when told that
+    // one trusted proxy appends the address it saw.
+    for envs in [
+        vec![],
+        vec![("CLIENT_IP_SOURCE", "x-forwarded-for:1".to_owned())],
+    ] {
+        let responses = ready_behind_an_alb(&envs).await;
+
+        let statuses: Vec<_> = responses.iter().map(|r| r["statusCode"].clone()).collect();
+        assert_eq!(statuses, [200, 429, 429], "one client, one quota: {envs:?}");
+    }
 }

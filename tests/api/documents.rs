@@ -349,3 +349,47 @@ async fn a_tenant_can_neither_see_nor_change_nor_delete_another_tenants_document
         "joes' menu survives the clinic deleting its own"
     );
 }
+
+#[tokio::test]
+async fn a_plus_in_a_document_id_in_the_path_is_a_plus_not_a_space() {
+    let app = spawn_app().await;
+    let key = app.create_tenant("shop").await;
+    let put = app
+        .put_documents(
+            &key,
+            json!([
+                {"id": "size+color", "title": "Sizes", "content": "S, M, L in red and blue."},
+                {"id": "size color", "title": "Other", "content": "A different document."}
+            ]),
+        )
+        .await;
+    assert_eq!(put.status(), 200);
+
+    let cases = [
+        ("size+color", "a literal + in a path segment"),
+        ("size%2Bcolor", "an encoded +"),
+    ];
+    for (segment, reason) in cases {
+        app.put_documents(
+            &key,
+            json!([{"id": "size+color", "title": "Sizes", "content": "S, M, L in red and blue."}]),
+        )
+        .await;
+        let response = app
+            .client
+            .delete(app.url(&format!("/api/documents/{segment}")))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{reason}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["deleted"], "size+color", "{reason}");
+    }
+    assert_eq!(
+        app.count("select count(*) from keel.documents where external_id = 'size color'")
+            .await,
+        1,
+        "the space-named document is untouched"
+    );
+}

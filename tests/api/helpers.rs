@@ -218,6 +218,27 @@ pub fn base_vars(db: &TestDatabase) -> HashMap<String, String> {
     ])
 }
 
+/// Variables of a production deployment: its required secrets, and TLS to
+/// the database verified against the test cluster's own CA (production
+/// refuses a plain-text database connection).
+pub fn production_vars(db: &TestDatabase, vars: &mut HashMap<String, String>) {
+    let ca = std::env::var("KEEL_TEST_DATABASE_CA_CERT")
+        .expect("KEEL_TEST_DATABASE_CA_CERT is not set: run the suite with scripts/test");
+    vars.insert("ENVIRONMENT".into(), "production".into());
+    vars.insert(
+        "DATABASE_URL".into(),
+        db.url.replace("sslmode=disable", "sslmode=verify-full"),
+    );
+    vars.insert(
+        "DATABASE_CA_CERT".into(),
+        std::fs::read_to_string(&ca).unwrap_or_else(|e| panic!("reading {ca}: {e}")),
+    );
+    vars.insert("ADMIN_API_KEY".into(), "a".repeat(40));
+    vars.insert("CRON_SECRET".into(), "c".repeat(40));
+    vars.insert("ENCRYPTION_KEY".into(), "ab".repeat(32));
+    vars.insert("OPENAI_API_KEY".into(), "sk-test".into());
+}
+
 /// `request` with `body` as JSON, or without a body.
 pub fn maybe_json(
     request: reqwest::RequestBuilder,

@@ -51,14 +51,7 @@ async fn a_callers_request_id_is_echoed_in_headers_and_error_bodies() {
 
 #[tokio::test]
 async fn production_responses_carry_hsts() {
-    let app = spawn_app_with(|_, vars| {
-        vars.insert("ENVIRONMENT".into(), "production".into());
-        vars.insert("ADMIN_API_KEY".into(), "a".repeat(40));
-        vars.insert("CRON_SECRET".into(), "c".repeat(40));
-        vars.insert("ENCRYPTION_KEY".into(), "ab".repeat(32));
-        vars.insert("OPENAI_API_KEY".into(), "sk-test".into());
-    })
-    .await;
+    let app = spawn_app_with(crate::helpers::production_vars).await;
 
     let response = app.get("/api/health").await;
 

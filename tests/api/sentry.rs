@@ -68,28 +68,46 @@ async fn a_panicking_handler_becomes_a_500_reported_to_sentry() {
 }
 
 #[tokio::test]
-async fn in_production_the_test_error_needs_the_admin_key() {
+async fn outside_development_the_test_error_needs_the_admin_key() {
     let admin_key = "k".repeat(40);
-    let app = spawn_app_with(|_, vars| {
-        vars.insert("ENVIRONMENT".into(), "production".into());
-        vars.insert("ADMIN_API_KEY".into(), admin_key.clone());
-        vars.insert("CRON_SECRET".into(), "c".repeat(40));
-        vars.insert("ENCRYPTION_KEY".into(), "ab".repeat(32));
-        vars.insert("OPENAI_API_KEY".into(), "sk-test".into());
-    })
-    .await;
+    // A preview deployment is public too: `?kind=panic` on demand is a
+    // free way to burn instances and flood Sentry.
+    for environment in ["production", "preview"] {
+        let app = spawn_app_with(|db, vars| {
+            crate::helpers::production_vars(db, vars);
+            vars.insert("ENVIRONMENT".into(), environment.into());
+            vars.insert("ADMIN_API_KEY".into(), admin_key.clone());
+        })
+        .await;
 
-    let cases = [
-        (None, 401, "no credentials"),
-        (Some("k".repeat(39)), 401, "a near miss"),
-        (Some(admin_key.clone()), 500, "the admin key"),
-    ];
-    for (key, status, reason) in cases {
-        let mut request = app.client.get(app.url("/api/test-error"));
-        if let Some(key) = key {
-            request = request.bearer_auth(key);
+        let cases = [
+            (None, "", 401, "no credentials"),
+            (
+                None,
+                "?kind=panic",
+                401,
+                "no credentials, asking for a panic",
+            ),
+            (Some("k".repeat(39)), "", 401, "a near miss"),
+            (Some(admin_key.clone()), "", 500, "the admin key"),
+            (
+                Some(admin_key.clone()),
+                "?kind=panic",
+                500,
+                "the admin key, panicking",
+            ),
+        ];
+        for (key, query, status, reason) in cases {
+            let mut request = app.client.get(app.url(&format!("/api/test-error{query}")));
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(
+                response.status().as_u16(),
+                status,
+                "{environment}: {reason}"
+            );
         }
-        let response = request.send().await.unwrap();
-        assert_eq!(response.status().as_u16(), status, "{reason}");
     }
 }

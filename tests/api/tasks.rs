@@ -187,6 +187,116 @@ async fn a_worker_killed_mid_task_is_retried_exactly_once_more() {
     assert_eq!(app.count("select count(*) from keel.documents").await, 1);
 }
 
+/// A worker claims the due tasks, then its function is killed: the lease
+/// is left to expire (moved into the past here rather than waited for).
+async fn claim_and_die(app: &TestApp) -> Value {
+    let db = app.db.connect().await;
+    let claim: Value = db
+        .query_one(
+            "select public.keel_claim_tasks($1)",
+            &[&json!({"limit": 10, "lease_seconds": 300})],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    db.execute(
+        "update keel.tasks set lease_until = now() - interval '1 second' where status = 'running'",
+        &[],
+    )
+    .await
+    .unwrap();
+    claim
+}
+
+#[tokio::test]
+async fn a_task_that_keeps_killing_its_worker_is_dead_after_max_attempts() {
+    let app = spawn_app().await;
+    let key = app.create_tenant("shop").await;
+    queued_delivery(&app, &key, 1).await;
+    let id: i64 = app
+        .count("update keel.tasks set max_attempts = 2 returning id")
+        .await;
+
+    assert_eq!(claim_and_die(&app).await["tasks"][0]["attempts"], 1);
+    assert_eq!(claim_and_die(&app).await["tasks"][0]["attempts"], 2);
+    let report = app.run_cron("/api/cron/tasks").await;
+
+    assert_eq!(report["ran"], 0, "a third attempt is never handed out");
+    let (status, attempts, error) = task_row(&app, id).await;
+    assert_eq!((status.as_str(), attempts), ("dead", 2));
+    assert!(error.unwrap().contains("2 of 2 attempts"));
+    assert_eq!(app.count("select count(*) from keel.documents").await, 0);
+    let listed: Value = app.get_json("/api/tasks?status=dead", &key).await;
+    assert_eq!(listed["tasks"][0]["attempts"], 2);
+    assert_eq!(listed["tasks"][0]["max_attempts"], 2);
+}
+
+#[tokio::test]
+async fn a_lease_released_by_maintenance_on_the_last_attempt_is_not_run_again() {
+    let app = spawn_app().await;
+    let key = app.create_tenant("shop").await;
+    queued_delivery(&app, &key, 1).await;
+    let id: i64 = app
+        .count("update keel.tasks set max_attempts = 1 returning id")
+        .await;
+
+    claim_and_die(&app).await;
+    assert_eq!(
+        app.run_cron("/api/cron/maintenance").await["task_leases_released"],
+        1
+    );
+    let report = app.run_cron("/api/cron/tasks").await;
+
+    assert_eq!(report["ran"], 0);
+    let (status, attempts, _) = task_row(&app, id).await;
+    assert_eq!((status.as_str(), attempts), ("dead", 1));
+    assert_eq!(app.count("select count(*) from keel.documents").await, 0);
+}
+
+#[tokio::test]
+async fn tenants_see_a_summary_of_internal_failures_never_the_cause_chain() {
+    let app = spawn_app().await;
+    let key = app.create_tenant("shop").await;
+    // The database fails inside the sync with text meant for operators only.
+    app.db
+        .connect()
+        .await
+        .batch_execute(
+            "create function keel.test_fail() returns trigger language plpgsql as $$
+             begin
+               raise exception 'could not extend file \"base/16384/2619\": No space left on device'
+                 using errcode = 'XX000';
+             end $$;
+             create trigger test_fail before insert on keel.documents
+               for each row execute function keel.test_fail();",
+        )
+        .await
+        .unwrap();
+    queued_delivery(&app, &key, 1).await;
+
+    let report = app.run_cron("/api/cron/tasks").await;
+
+    assert_eq!(report["failed"], 1, "{report}");
+    let listed: Value = app.get_json("/api/tasks?kind=webhook.process", &key).await;
+    let shown = listed["tasks"][0]["last_error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, _, stored) = task_row(&app, listed["tasks"][0]["id"].as_i64().unwrap()).await;
+    for (text, place) in [(&shown, "the API"), (&stored.unwrap(), "the stored row")] {
+        assert_eq!(
+            text, "the database could not complete the request",
+            "{place} shows a summary"
+        );
+        for internal in ["base/16384", "No space", "keel_upsert_documents", "XX000"] {
+            assert!(
+                !text.contains(internal),
+                "{place} leaks `{internal}`: {text}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn overlapping_cron_runs_never_run_a_task_twice() {
     let app = spawn_app().await;

@@ -367,6 +367,54 @@ async fn five_hundred_concurrent_deliveries_are_all_stored_exactly_once() {
     assert_eq!(app.count("select count(*) from keel.tasks").await, 500);
 }
 
+#[tokio::test]
+async fn pull_urls_holding_credentials_or_no_web_address_are_refused_and_store_nothing() {
+    let app = spawn_app().await;
+    let key = app.create_tenant("shop").await;
+    let cases = [
+        (
+            "https://cms:s3cret-pass@cms.example.com/events",
+            "a password would be stored and audited in plain text",
+        ),
+        (
+            "https://s3cret-token@cms.example.com/events",
+            "a token as user name, likewise",
+        ),
+        (
+            "https://:s3cret-pass@cms.example.com/events",
+            "a password without a user name",
+        ),
+        ("ftp://cms.example.com/events", "not http(s)"),
+        ("/events", "not absolute"),
+    ];
+    for (pull_url, reason) in cases {
+        let response = app
+            .post_json(
+                "/api/webhooks/endpoints",
+                &key,
+                &json!({"source": "cms", "pull_url": pull_url}),
+            )
+            .await;
+
+        assert_eq!(response.status(), 400, "{reason}");
+        let error = error_body(response).await;
+        assert_eq!(error["code"], "invalid_field", "{reason}");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.starts_with("`pull_url`"), "{reason}: {message}");
+        assert!(!message.contains("s3cret"), "{reason}: echoed: {message}");
+    }
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_endpoints")
+            .await,
+        0
+    );
+    assert_eq!(
+        app.count("select count(*) from keel.audit_log where details::text like '%s3cret%'")
+            .await,
+        0
+    );
+}
+
 /// A pull endpoint listing the source's recent events.
 async fn pull_server(events: Value) -> String {
     let address = serve_http(move |_| {

@@ -15,6 +15,7 @@ use super::maintenance;
 use super::metrics::{self, KeelMetrics};
 use super::ratelimit::Scope;
 use crate::app::App;
+use crate::platform::config::Environment;
 use crate::web::auth;
 use crate::web::error::UNAVAILABLE_RETRY_AFTER_SECS;
 use crate::web::{ApiError, ApiRequest, HandlerResult, json_of, json_response};
@@ -95,9 +96,10 @@ pub async fn ready(app: Arc<App>, request: ApiRequest) -> HandlerResult {
 }
 
 /// Raises an error on purpose so operators can watch it arrive in Sentry.
-/// Open outside production; in production it needs the admin key.
+/// Open in development only; deployed (preview or production), it needs the
+/// admin key, since a public panic-on-demand burns instances and floods Sentry.
 pub async fn test_error(app: Arc<App>, request: ApiRequest) -> HandlerResult {
-    if app.config.is_production() {
+    if app.config.environment != Environment::Development {
         auth::require_admin(&app, &request)?;
     }
     if request.query_param("kind").as_deref() == Some("panic") {

@@ -216,7 +216,7 @@ impl RateGate {
                     scope: plan.scope.as_str(),
                     per_minute: plan.per_minute,
                     per: plan.scope.per(),
-                    client_ip: plan.client_ip.map(|ip| ip.to_string()),
+                    client_ip: plan.client_ip.map(bucket_subject),
                 },
                 errors: "return",
             })
@@ -242,6 +242,22 @@ impl RateGate {
                 reason: format!("result does not match the expected shape: {e}"),
             })
         })
+    }
+}
+
+/// The bucket a per-address quota counts `ip` in: the IPv4 address, or the
+/// IPv6 /64 around it, since a single IPv6 host is handed a whole /64 and
+/// could otherwise take a fresh quota for each of its 2^64 addresses.
+fn bucket_subject(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let network = u128::from(v6) & !u128::from(u64::MAX);
+                format!("{}/64", std::net::Ipv6Addr::from(network))
+            }
+        },
     }
 }
 
@@ -273,6 +289,32 @@ mod tests {
         assert_eq!(headers["ratelimit-remaining"], "59");
         assert_eq!(headers["ratelimit-reset"], "42");
         assert_eq!(headers["ratelimit-policy"], "60;w=60");
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_per_slash_64_and_ipv4_per_address() {
+        let cases = [
+            ("203.0.113.7", "203.0.113.7", "IPv4: the address"),
+            (
+                "::ffff:203.0.113.7",
+                "203.0.113.7",
+                "IPv4-mapped: the IPv4 address",
+            ),
+            ("2001:db8:1:2::1", "2001:db8:1:2::/64", "IPv6: its /64"),
+            (
+                "2001:db8:1:2:ffff:ffff:ffff:ffff",
+                "2001:db8:1:2::/64",
+                "anywhere in the /64",
+            ),
+            (
+                "2001:db8:1:3::1",
+                "2001:db8:1:3::/64",
+                "the next /64 is another client",
+            ),
+        ];
+        for (ip, bucket, reason) in cases {
+            assert_eq!(bucket_subject(ip.parse().unwrap()), bucket, "{reason}");
+        }
     }
 
     #[test]

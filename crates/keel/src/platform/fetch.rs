@@ -5,9 +5,11 @@
 //! (unless private ones are allowed in development); the connection is pinned
 //! to the address that was checked, so a DNS answer cannot change between the
 //! check and the connection; every redirect is checked again; the body is
-//! bounded in bytes and the whole exchange in time.
+//! bounded in bytes and the whole exchange in time. No proxy is ever used
+//! (`HTTP_PROXY` and friends are ignored): a proxy would resolve and connect
+//! on its own, past the check.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use url::Url;
@@ -39,36 +41,67 @@ fn refused(what: &str, error: impl std::fmt::Display) -> FetchError {
     FetchError::Refused(format!("{what}: {error}"))
 }
 
-/// Addresses Keel may fetch from: public unicast only.
+/// Addresses Keel may fetch from: public unicast only. An IPv6 address that
+/// carries an IPv4 one (mapped, compatible, NAT64, 6to4) is judged by that
+/// IPv4 address, since that is where the packets end up.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT
-                || (a == 192 && b == 0 && v4.octets()[2] == 0) // IETF protocol assignments
-                || a >= 240)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80 // link local
-                || first == 0x2001 && v6.segments()[1] == 0x0db8) // documentation
-        }
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => match embedded_ipv4(v6) {
+            Some(v4) => is_public_v4(v4),
+            None => is_public_v6(v6),
+        },
     }
+}
+
+fn is_public_v4(v4: Ipv4Addr) -> bool {
+    let [a, b, c, _] = v4.octets();
+    !(v4.is_private()
+        || v4.is_loopback()
+        || v4.is_link_local()
+        || v4.is_unspecified()
+        || v4.is_broadcast()
+        || v4.is_multicast()
+        || v4.is_documentation()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 192 && b == 88 && c == 99) // 6to4 relay anycast
+        || (a == 198 && (b & 0xfe) == 18) // benchmarking, 198.18.0.0/15
+        || a >= 240)
+}
+
+/// The IPv4 address an IPv6 one stands for, if it is one of the forms that
+/// reach an IPv4 host: `::ffff:a.b.c.d` (mapped), `::a.b.c.d` (compatible,
+/// deprecated), `64:ff9b::a.b.c.d` (well-known NAT64 prefix) and
+/// `2002:aabb:ccdd::/48` (6to4).
+fn embedded_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = v6.segments();
+    let last = || Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, _, _] | [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(last()),
+        // `::` and `::1` are IPv6's own; they are refused below.
+        [0, 0, 0, 0, 0, 0, hi, _] if hi != 0 => Some(last()),
+        [0x2002, hi, lo, ..] => Some(Ipv4Addr::new(
+            (hi >> 8) as u8,
+            hi as u8,
+            (lo >> 8) as u8,
+            lo as u8,
+        )),
+        _ => None,
+    }
+}
+
+/// Global unicast (2000::/3) outside the special-purpose blocks inside it.
+fn is_public_v6(v6: Ipv6Addr) -> bool {
+    let [first, second, third, ..] = v6.segments();
+    (first & 0xe000) == 0x2000
+        && !(first == 0x2001 && second == 0x0000 // Teredo: tunnels to any IPv4 address
+            || first == 0x2001 && second == 0x0002 && third == 0 // benchmarking
+            || first == 0x2001 && (second & 0xffe0) == 0x0020 // ORCHIDv2
+            || first == 0x2001 && (second & 0xfff0) == 0x0010 // ORCHID (deprecated)
+            || first == 0x2001 && second == 0x0db8 // documentation
+            || first == 0x3fff && second < 0x1000) // documentation, 3fff::/20
 }
 
 /// GETs `url` within `limits`; `what` names the URL in errors (`pull_url`).
@@ -99,6 +132,8 @@ pub async fn fetch(what: &str, url: &str, limits: &FetchLimits) -> Result<Vec<u8
         }
         let client = reqwest::Client::builder()
             .use_preconfigured_tls((*tls_config()).clone())
+            // A proxy would resolve and connect itself, past the check above.
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(limits.timeout)
             .resolve(&host, address)
@@ -166,6 +201,24 @@ mod tests {
             ("fd00::1", false),
             ("fe80::1", false),
             ("::ffff:127.0.0.1", false),
+            // IPv4 in IPv6 clothing: judged by the IPv4 address inside.
+            ("64:ff9b::7f00:1", false),    // NAT64 of 127.0.0.1
+            ("64:ff9b::a9fe:a9fe", false), // NAT64 of 169.254.169.254
+            ("64:ff9b::5db8:d822", true),  // NAT64 of 93.184.216.34
+            ("64:ff9b:1::a00:1", false),   // local-use NAT64: the translator is ours
+            ("::127.0.0.1", false),        // IPv4-compatible (deprecated)
+            ("::10.0.0.1", false),         // IPv4-compatible (deprecated)
+            ("2002:7f00:1::1", false),     // 6to4 of 127.0.0.1
+            ("2002:a9fe:a9fe::1", false),  // 6to4 of 169.254.169.254
+            ("2002:5db8:d822::1", true),   // 6to4 of 93.184.216.34
+            ("2001:0:4136:e378:8000:63bf:3fff:fdd2", false), // Teredo: hides any IPv4
+            ("fec0::1", false),            // site-local (deprecated)
+            ("100::1", false),             // discard-only
+            ("2001:2::1", false),          // benchmarking
+            ("198.18.0.1", false),         // benchmarking
+            ("198.19.255.254", false),     // benchmarking
+            ("192.88.99.1", false),        // 6to4 relay anycast
+            ("198.20.0.1", true),
         ];
         for (ip, public) in cases {
             assert_eq!(is_public(ip.parse().unwrap()), public, "{ip}");

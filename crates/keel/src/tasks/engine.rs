@@ -1,12 +1,14 @@
 //! The queue engine: claims due tasks under a lease and runs each through
 //! the kind registered for it until the time budget is spent. A task whose
-//! worker died is claimed again once its lease expires, failures back off
+//! worker died is claimed again once its lease expires (unless that was its
+//! last attempt: the claim then dead-letters it, migrations/0013), failures back off
 //! exponentially with jitter, and a task out of attempts (or of an unknown
 //! kind) is `dead` with its last error kept.
 
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tracing::Instrument as _;
 
 use super::store::{ClaimTasks, CompleteTask, TaskBacklog};
 use super::{TaskError, TaskKind};
@@ -67,16 +69,24 @@ pub async fn run<C: Clone + Send + 'static>(
                     Some(kind) => {
                         let remaining = deadline.saturating_duration_since(Instant::now());
                         // Spawned: a panicking handler fails its task, not the run.
-                        let running = tokio::spawn(tokio::time::timeout(
-                            remaining,
-                            (kind.run)(context, task),
-                        ));
+                        // Its span puts the task on every log line it writes.
+                        let span = tracing::warn_span!("task", id, kind = kind.name);
+                        let running = tokio::spawn(
+                            tokio::time::timeout(remaining, (kind.run)(context, task))
+                                .instrument(span.clone()),
+                        );
                         match running.await {
                             Ok(Ok(outcome)) => outcome,
                             Ok(Err(_)) => Err(TaskError::Retry(
                                 "timed out at the end of the cron run".to_owned(),
                             )),
-                            Err(join) => Err(TaskError::Retry(format!("handler panicked: {join}"))),
+                            Err(join) => span.in_scope(|| {
+                                Err(TaskError::internal(
+                                    true,
+                                    "the task stopped unexpectedly",
+                                    &format!("handler panicked: {join}"),
+                                ))
+                            }),
                         }
                     }
                 };

@@ -40,7 +40,10 @@ impl Task {
     }
 }
 
-/// Why a task did not succeed.
+/// Why a task did not succeed. The message is kept as the task's
+/// `last_error`, which its tenant reads through `GET /api/tasks`: it says
+/// what went wrong in the tenant's terms, never our internals (database
+/// text, function names, panics); those go to the logs ([`TaskError::internal`]).
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
     /// Worth another attempt after a backoff (a dependency was down).
@@ -56,17 +59,35 @@ impl TaskError {
     pub fn permanent(what: &str, error: impl std::fmt::Display) -> Self {
         TaskError::Permanent(format!("{what}: {error}"))
     }
+
+    /// Our side failed: the full `cause` goes to the logs (in the task's
+    /// span, so with its id), the tenant sees only `summary`.
+    pub fn internal(retry: bool, summary: &str, cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(cause = %cause, summary, "task failed on our side");
+        if retry {
+            TaskError::Retry(summary.to_owned())
+        } else {
+            TaskError::Permanent(summary.to_owned())
+        }
+    }
 }
 
 /// A database failure is retried when the database was unreachable or
-/// failed on its side, and final when it refused the call itself.
+/// failed on its side, and final when it refused the call itself. The
+/// tenant sees the client-safe message: what Keel's SQL functions wrote for
+/// people (invalid input, conflicts) or a generic summary.
 impl From<DbError> for TaskError {
     fn from(error: DbError) -> Self {
+        let summary = error.client_message();
         match error.class() {
             DbErrorClass::Unavailable | DbErrorClass::Internal => {
-                TaskError::Retry(error.to_string())
+                TaskError::internal(true, &summary, &error)
             }
-            _ => TaskError::Permanent(error.to_string()),
+            DbErrorClass::Unauthorized => TaskError::internal(false, &summary, &error),
+            _ => {
+                tracing::warn!(cause = %error, "the database refused a task's call");
+                TaskError::Permanent(summary)
+            }
         }
     }
 }

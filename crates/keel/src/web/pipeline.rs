@@ -17,6 +17,7 @@ use super::request::ApiRequest;
 use super::routing::{Route, Router};
 use crate::app::App;
 use crate::ops::ratelimit::RateGate;
+use crate::platform::config::ClientIpSource;
 use crate::platform::telemetry;
 
 /// Serves one request end to end. Adapters pass the body already read, or the
@@ -95,9 +96,7 @@ async fn dispatch(
     };
 
     let is_head = parts.method == Method::HEAD;
-    // The adapter's peer is the platform's own record of the caller (Lambda's
-    // request context, the local socket); on Vercel it is the proxy's headers.
-    let client_ip = peer.or_else(|| client_ip(&parts.headers));
+    let client_ip = client_ip(app.config.client_ip_source, peer, &parts.headers);
     let rate_gate = Arc::new(RateGate::new(
         route.rate_scope,
         &app.config.rate_limits,
@@ -240,24 +239,135 @@ fn request_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
 }
 
-/// The client address as Vercel's proxy reports it: `x-real-ip`, else the
-/// first `x-forwarded-for` entry (Vercel overwrites both, so clients cannot
-/// spoof them there; other platforms pass the peer instead).
-fn client_ip(headers: &HeaderMap) -> Option<IpAddr> {
-    if let Some(ip) = headers
-        .get("x-real-ip")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-    {
-        return Some(ip);
+/// The client's address, taken only from whom `source` says to believe:
+/// the adapter's peer (the platform's own record: Lambda's request context,
+/// the local socket), Vercel's headers (which its edge overwrites), or the
+/// entry of `x-forwarded-for` the outermost trusted proxy appended.
+fn client_ip(source: ClientIpSource, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    match source {
+        ClientIpSource::Peer => peer,
+        ClientIpSource::Vercel => header("x-real-ip")
+            .and_then(|v| v.trim().parse().ok())
+            .or_else(|| {
+                header("x-forwarded-for")?
+                    .split(',')
+                    .next()?
+                    .trim()
+                    .parse()
+                    .ok()
+            }),
+        ClientIpSource::ForwardedFor { hops } => {
+            // Several x-forwarded-for headers are one list, in order.
+            let entries: Vec<&str> = headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .collect();
+            let index = entries.len().checked_sub(usize::from(hops))?;
+            entries[index].parse().ok()
+        }
     }
-    let forwarded = headers.get("x-forwarded-for")?.to_str().ok()?;
-    forwarded.split(',').next()?.trim().parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_address_comes_only_from_the_configured_source() {
+        let peer: Option<IpAddr> = Some("192.0.2.10".parse().unwrap());
+        let alb = ClientIpSource::ForwardedFor { hops: 1 };
+        let two = ClientIpSource::ForwardedFor { hops: 2 };
+        type Case = (
+            ClientIpSource,
+            Option<IpAddr>,
+            &'static [(&'static str, &'static str)],
+            Option<&'static str>,
+            &'static str,
+        );
+        let cases: [Case; 9] = [
+            (
+                ClientIpSource::Peer,
+                peer,
+                &[("x-real-ip", "198.51.100.1")],
+                Some("192.0.2.10"),
+                "the socket, not a header",
+            ),
+            (
+                ClientIpSource::Peer,
+                None,
+                &[("x-forwarded-for", "198.51.100.1")],
+                None,
+                "no peer: unknown, not the header",
+            ),
+            (
+                ClientIpSource::Vercel,
+                None,
+                &[("x-real-ip", "203.0.113.9")],
+                Some("203.0.113.9"),
+                "Vercel overwrites x-real-ip",
+            ),
+            (
+                ClientIpSource::Vercel,
+                None,
+                &[("x-forwarded-for", "203.0.113.9")],
+                Some("203.0.113.9"),
+                "or x-forwarded-for",
+            ),
+            (
+                alb,
+                None,
+                &[("x-forwarded-for", "198.51.100.1, 203.0.113.9")],
+                Some("203.0.113.9"),
+                "the entry the ALB appended",
+            ),
+            (
+                alb,
+                peer,
+                &[
+                    ("x-forwarded-for", "198.51.100.1"),
+                    ("x-forwarded-for", "203.0.113.9"),
+                ],
+                Some("203.0.113.9"),
+                "repeated headers are one list",
+            ),
+            (
+                two,
+                None,
+                &[("x-forwarded-for", "198.51.100.1, 203.0.113.9, 10.0.0.5")],
+                Some("203.0.113.9"),
+                "CDN then ALB",
+            ),
+            (
+                two,
+                None,
+                &[("x-forwarded-for", "203.0.113.9")],
+                None,
+                "fewer entries than trusted hops: forged or misconfigured",
+            ),
+            (
+                alb,
+                None,
+                &[("x-forwarded-for", "198.51.100.1, not-an-ip")],
+                None,
+                "garbage where the proxy writes",
+            ),
+        ];
+        for (source, peer, headers, expected, reason) in cases {
+            let mut map = HeaderMap::new();
+            for (name, value) in headers {
+                map.append(*name, HeaderValue::from_static(value));
+            }
+            assert_eq!(
+                client_ip(source, peer, &map),
+                expected.map(|ip| ip.parse().unwrap()),
+                "{reason}"
+            );
+        }
+    }
 
     #[test]
     fn request_ids_are_honoured_only_when_sane() {

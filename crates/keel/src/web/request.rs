@@ -152,13 +152,35 @@ impl ApiRequest {
 }
 
 pub(super) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    raw_query_param(query, name).map(decode_query_component)
+}
+
+/// A path parameter a platform rewrite moved into the query
+/// (`/api/documents/:id` → `/api/document?id=:id`): it was a path segment,
+/// so a `+` in it is a plus.
+pub(super) fn rewritten_path_param(query: Option<&str>, name: &str) -> Option<String> {
+    raw_query_param(query, name).map(decode_path_segment)
+}
+
+fn raw_query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
     query?.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(key) == name).then(|| percent_decode(value))
+        (decode_query_component(key) == name).then_some(value)
     })
 }
 
-pub(super) fn percent_decode(raw: &str) -> String {
+/// A query-string key or value (`application/x-www-form-urlencoded`):
+/// `+` is a space there, and only there.
+pub(super) fn decode_query_component(raw: &str) -> String {
+    percent_decode(raw, true)
+}
+
+/// A path segment: `+` is a literal plus (RFC 3986); only `%XX` is decoded.
+pub(super) fn decode_path_segment(raw: &str) -> String {
+    percent_decode(raw, false)
+}
+
+fn percent_decode(raw: &str, plus_is_space: bool) -> String {
     fn hex(byte: u8) -> Option<u8> {
         (byte as char).to_digit(16).map(|d| d as u8)
     }
@@ -174,7 +196,7 @@ pub(super) fn percent_decode(raw: &str) -> String {
                 out.push(byte);
                 i += 3;
             }
-            (b'+', None) => {
+            (b'+', None) if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }
@@ -333,9 +355,18 @@ mod tests {
 
     #[test]
     fn percent_decoding_handles_truncated_escapes() {
-        assert_eq!(percent_decode("a%20b"), "a b");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(percent_decode("caf%C3%A9"), "café");
+        for decode in [decode_query_component, decode_path_segment] {
+            assert_eq!(decode("a%20b"), "a b");
+            assert_eq!(decode("100%"), "100%");
+            assert_eq!(decode("%zz"), "%zz");
+            assert_eq!(decode("caf%C3%A9"), "café");
+            assert_eq!(decode("a%2Bb"), "a+b");
+        }
+        assert_eq!(decode_query_component("a+b"), "a b", "form encoding");
+        assert_eq!(
+            decode_path_segment("a+b"),
+            "a+b",
+            "a path has no form encoding"
+        );
     }
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Method, Response};
 
 use super::error::ApiError;
-use super::request::{ApiRequest, percent_decode, query_param};
+use super::request::{ApiRequest, decode_path_segment, rewritten_path_param};
 use crate::app::App;
 use crate::ops::ratelimit::Scope;
 use crate::platform::config::Config;
@@ -101,7 +101,7 @@ impl Route {
             match (pattern.next(), actual.next()) {
                 (None, None) => return Some(params),
                 (Some(p), Some(a)) if p.starts_with('{') && p.ends_with('}') && !a.is_empty() => {
-                    params.push((p[1..p.len() - 1].to_owned(), percent_decode(a)));
+                    params.push((p[1..p.len() - 1].to_owned(), decode_path_segment(a)));
                 }
                 (Some(p), Some(a)) if p == a => {}
                 _ => return None,
@@ -149,7 +149,9 @@ impl Router {
         if self.single_function {
             let route = &self.routes[0];
             let params = pattern_params(route.path)
-                .filter_map(|name| query_param(query, name).map(|value| (name.to_owned(), value)))
+                .filter_map(|name| {
+                    rewritten_path_param(query, name).map(|value| (name.to_owned(), value))
+                })
                 .collect();
             return Some((route, params));
         }
@@ -205,6 +207,18 @@ mod tests {
             .find("/api/tenant-keys", Some("slug=acme&x=1"))
             .unwrap();
         assert_eq!(params, vec![("slug".to_owned(), "acme".to_owned())]);
+        for (query, slug, reason) in [
+            ("slug=a+b", "a+b", "it was a path segment: + is a plus"),
+            ("slug=a%2Bb", "a+b", "encoded plus"),
+            ("slug=a%20b", "a b", "encoded space"),
+        ] {
+            let (_, params) = router.find("/api/tenant-keys", Some(query)).unwrap();
+            assert_eq!(
+                params,
+                vec![("slug".to_owned(), slug.to_owned())],
+                "{reason}"
+            );
+        }
         let all = Router::all(vec![Route::new("/api/health", &[Method::GET], noop)]);
         assert!(all.find("/api/nope", None).is_none());
     }

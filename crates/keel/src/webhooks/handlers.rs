@@ -40,13 +40,23 @@ pub async fn create_endpoint(app: Arc<App>, request: ApiRequest) -> HandlerResul
         ));
     }
     if let Some(pull_url) = &body.pull_url {
-        let valid = pull_url.len() <= 2048
-            && Url::parse(pull_url)
-                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        let parsed = Url::parse(pull_url).ok().filter(|_| pull_url.len() <= 2048);
+        let valid = parsed
+            .as_ref()
+            .is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
         if !valid {
             return Err(ApiError::invalid_field(
                 "pull_url",
                 "must be an absolute http(s) URL",
+            ));
+        }
+        // The URL is stored, listed and audited as it is: a credential in
+        // it would sit there in plain text.
+        if parsed.is_some_and(|u| !u.username().is_empty() || u.password().is_some()) {
+            return Err(ApiError::invalid_field(
+                "pull_url",
+                "must not carry credentials (user:password@); serve the events at a URL that \
+                 needs none, such as one with an unguessable path",
             ));
         }
     }

@@ -26,6 +26,11 @@ fn sync_error(error: KnowledgeError) -> TaskError {
     match error {
         KnowledgeError::Invalid { .. } => TaskError::Permanent(error.to_string()),
         KnowledgeError::Call(error) => error.into(),
+        KnowledgeError::Internal(cause) => TaskError::internal(
+            true,
+            "the documents could not be stored",
+            &format!("{cause:#}"),
+        ),
         other => TaskError::Retry(other.to_string()),
     }
 }

@@ -1,6 +1,7 @@
 //! Who may reach what: encryption keys for secrets at rest
-//! (`ENCRYPTION_KEY`, `ENCRYPTION_KEYS_PREVIOUS`) and browser origins
-//! (`CORS_ORIGINS`).
+//! (`ENCRYPTION_KEY`, `ENCRYPTION_KEYS_PREVIOUS`), browser origins
+//! (`CORS_ORIGINS`) and whose word the client's address is taken on
+//! (`CLIENT_IP_SOURCE`).
 
 use std::sync::Arc;
 
@@ -8,6 +9,24 @@ use secrecy::SecretBox;
 use url::Url;
 
 use super::vars::Vars;
+
+/// Where a request's client address (quota bucket, audit IP) comes from.
+/// Headers are only believed when a proxy in front is known to overwrite or
+/// append them; anything else lets a client pick its own address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIpSource {
+    /// The platform's own record only: the socket locally, the API Gateway
+    /// request context on Lambda, the entry an ALB appended to
+    /// `x-forwarded-for` (see `web::runtime`). Client-written headers are ignored.
+    Peer,
+    /// Vercel's `x-real-ip`, else the first `x-forwarded-for` entry: Vercel's
+    /// edge overwrites both, so clients cannot set them there.
+    Vercel,
+    /// The address the outermost of `hops` trusted proxies saw: the
+    /// `hops`-th `x-forwarded-for` entry from the right (each proxy appends
+    /// the address it received the request from). An ALB alone is 1.
+    ForwardedFor { hops: u8 },
+}
 
 impl Vars<'_> {
     pub(super) fn encryption_key(&mut self, required: bool) -> Option<Arc<SecretBox<[u8; 32]>>> {
@@ -65,5 +84,40 @@ impl Vars<'_> {
             }
         }
         origins
+    }
+}
+
+impl Vars<'_> {
+    /// `CLIENT_IP_SOURCE`: `peer`, `vercel` or `x-forwarded-for:<hops>`;
+    /// by default `vercel` on Vercel (`VERCEL=1` or `VERCEL_IPC_PATH`), else `peer`.
+    pub(super) fn client_ip_source(&mut self) -> ClientIpSource {
+        let name = "CLIENT_IP_SOURCE";
+        let on_vercel =
+            self.optional("VERCEL") == Some("1") || self.optional("VERCEL_IPC_PATH").is_some();
+        let Some(raw) = self.optional(name) else {
+            return if on_vercel {
+                ClientIpSource::Vercel
+            } else {
+                ClientIpSource::Peer
+            };
+        };
+        match raw.to_ascii_lowercase().as_str() {
+            "peer" => return ClientIpSource::Peer,
+            "vercel" => return ClientIpSource::Vercel,
+            other => {
+                if let Some(hops) = other
+                    .strip_prefix("x-forwarded-for:")
+                    .and_then(|hops| hops.trim().parse::<u8>().ok())
+                    .filter(|hops| (1..=10).contains(hops))
+                {
+                    return ClientIpSource::ForwardedFor { hops };
+                }
+            }
+        }
+        self.problem(
+            name,
+            format!("`{raw}` is not `peer`, `vercel` or `x-forwarded-for:<trusted proxies, 1-10>`"),
+        );
+        ClientIpSource::Peer
     }
 }

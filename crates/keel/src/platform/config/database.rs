@@ -35,7 +35,12 @@ impl DatabaseConfig {
 }
 
 impl Vars<'_> {
-    pub(super) fn database(&mut self) -> (Option<DatabaseConfig>, Option<String>) {
+    /// In `production`, a connection that could fall back to plain text
+    /// (`sslmode=disable`/`prefer`, an `http://` PostgREST URL) is refused.
+    pub(super) fn database(
+        &mut self,
+        production: bool,
+    ) -> (Option<DatabaseConfig>, Option<String>) {
         let pool_size = self.parsed("DB_POOL_SIZE", 4usize);
         if pool_size == 0 {
             self.problem("DB_POOL_SIZE", "must be at least 1");
@@ -49,15 +54,33 @@ impl Vars<'_> {
                 Vec::new()
             }
         };
-        if let Some(url) = &postgres
-            && url.parse::<tokio_postgres::Config>().is_err()
-        {
-            self.problem(
+        match postgres.as_deref().map(str::parse::<tokio_postgres::Config>) {
+            Some(Err(_)) => self.problem(
                 "DATABASE_URL",
                 "is not a valid Postgres connection string (postgres://user:password@host:port/db)",
-            );
+            ),
+            Some(Ok(config))
+                if production && config.get_ssl_mode() != tokio_postgres::config::SslMode::Require =>
+            {
+                self.problem(
+                    "DATABASE_URL",
+                    "must require TLS in production: add sslmode=require (or verify-full); \
+                     disable, and prefer (the default), let the password and every query travel in plain text",
+                )
+            }
+            _ => {}
         }
         let supabase_url = self.url("SUPABASE_URL");
+        if production
+            && supabase_url
+                .as_ref()
+                .is_some_and(|url| url.scheme() != "https")
+        {
+            self.problem(
+                "SUPABASE_URL",
+                "must be https in production: the service key travels with every call",
+            );
+        }
         let service_key = self
             .optional("SUPABASE_SERVICE_ROLE_KEY")
             .map(str::to_owned);

@@ -51,6 +51,16 @@ pub struct SearchSettings {
 impl Vars<'_> {
     pub(super) fn embeddings(&mut self, production: bool) -> Option<EmbeddingsProviderConfig> {
         let custom_base = self.url("OPENAI_BASE_URL");
+        if production
+            && custom_base
+                .as_ref()
+                .is_some_and(|url| url.scheme() != "https")
+        {
+            self.problem(
+                "OPENAI_BASE_URL",
+                "must be https in production: the API key and tenants' text travel with every call",
+            );
+        }
         let base_set = self.optional("OPENAI_BASE_URL").is_some();
         let api_key = self.optional("OPENAI_API_KEY").map(str::to_owned);
         // OpenAI's own keys start with sk-; compatible servers use their own formats.

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use secrecy::{SecretBox, SecretString};
 
+pub use access::ClientIpSource;
 pub use database::{DatabaseConfig, normalise_sslmode, parse_ca_certs};
 pub use knowledge::{
     EmbeddingSettings, EmbeddingsProviderConfig, IngestLimits, OPENAI_DEFAULT_BASE_URL,
@@ -78,6 +79,8 @@ pub struct Config {
     pub previous_encryption_keys: Vec<Arc<SecretBox<[u8; 32]>>>,
     pub sentry: Option<SentryConfig>,
     pub cors_origins: Vec<String>,
+    /// Where the client's address comes from (`CLIENT_IP_SOURCE`).
+    pub client_ip_source: ClientIpSource,
     pub maintenance_mode: bool,
     pub slow_request: Duration,
     pub max_body_bytes: usize,
@@ -156,7 +159,7 @@ impl Config {
                 "must be a level (error, warn, info, debug, trace) or targets like `keel=debug,info`",
             );
         }
-        let (database, database_choice_note) = env.database();
+        let (database, database_choice_note) = env.database(production);
         let db_timeout = Duration::from_millis(env.parsed("DB_TIMEOUT_MS", 5_000u64));
         let embeddings = env.embeddings(production);
         let admin_api_key = env.shared_secret("ADMIN_API_KEY", production);
@@ -166,6 +169,7 @@ impl Config {
         let previous_encryption_keys = env.previous_encryption_keys();
         let sentry = env.sentry();
         let cors_origins = env.cors_origins(production);
+        let client_ip_source = env.client_ip_source();
         let maintenance_mode = env.flag("MAINTENANCE_MODE");
         let slow_request = Duration::from_millis(env.parsed("SLOW_REQUEST_MS", 5_000u64));
         let max_body_bytes = env.body_limit("MAX_BODY_BYTES", 4 * 1024 * 1024);
@@ -201,6 +205,7 @@ impl Config {
             previous_encryption_keys,
             sentry,
             cors_origins,
+            client_ip_source,
             maintenance_mode,
             slow_request,
             max_body_bytes,

@@ -178,7 +178,7 @@ fn the_error_message_lists_every_problem_on_its_own_line() {
 fn production_requires_its_secrets_and_refuses_wildcard_cors() {
     let result = Config::from_vars(&vars(&[
         ("VERCEL_ENV", "production"),
-        ("DATABASE_URL", "postgres://u:p@db/keel"),
+        ("DATABASE_URL", "postgres://u:p@db/keel?sslmode=require"),
         ("CORS_ORIGINS", "*"),
         ("ADMIN_API_KEY", "short"),
     ]));
@@ -344,4 +344,160 @@ fn openai_compatible_servers_may_use_other_key_formats() {
         config.embeddings.unwrap().base_url.as_str(),
         "http://127.0.0.1:3000/v1"
     );
+}
+
+#[test]
+fn client_addresses_come_from_headers_only_where_a_proxy_is_trusted() {
+    let db = ("DATABASE_URL", "postgres://u:p@localhost/keel");
+    let cases = [
+        (vec![db], ClientIpSource::Peer, "locally: the socket"),
+        (
+            vec![db, ("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001")],
+            ClientIpSource::Peer,
+            "Lambda: the request context, never a client's header",
+        ),
+        (
+            vec![db, ("VERCEL", "1")],
+            ClientIpSource::Vercel,
+            "Vercel overwrites its headers",
+        ),
+        (
+            vec![db, ("VERCEL_IPC_PATH", "/tmp/ipc")],
+            ClientIpSource::Vercel,
+            "Vercel, detected as the runtime does",
+        ),
+        (
+            vec![db, ("CLIENT_IP_SOURCE", "x-forwarded-for:1")],
+            ClientIpSource::ForwardedFor { hops: 1 },
+            "behind an ALB",
+        ),
+        (
+            vec![db, ("VERCEL", "1"), ("CLIENT_IP_SOURCE", "peer")],
+            ClientIpSource::Peer,
+            "explicit wins",
+        ),
+    ];
+    for (pairs, expected, reason) in cases {
+        let config = Config::from_vars(&vars(&pairs)).expect(reason);
+        assert_eq!(config.client_ip_source, expected, "{reason}");
+    }
+    for bad in [
+        "x-forwarded-for",
+        "x-forwarded-for:0",
+        "x-forwarded-for:many",
+        "headers",
+    ] {
+        assert_eq!(
+            problem_variables(Config::from_vars(&vars(&[db, ("CLIENT_IP_SOURCE", bad)]))),
+            vec!["CLIENT_IP_SOURCE"],
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn production_refuses_connections_that_may_travel_in_plain_text() {
+    let production = [
+        ("ENVIRONMENT", "production"),
+        ("ADMIN_API_KEY", "a-long-enough-admin-key-0123456789abcdef"),
+        ("CRON_SECRET", "a-long-enough-cron-secret-0123456789abcdef"),
+        (
+            "ENCRYPTION_KEY",
+            "abababababababababababababababababababababababababababababababab",
+        ),
+        ("OPENAI_API_KEY", "sk-test"),
+    ];
+    const TLS: (&str, &str) = (
+        "DATABASE_URL",
+        "postgres://u:p@db.example.com/keel?sslmode=require",
+    );
+    type Case = (
+        &'static [(&'static str, &'static str)],
+        &'static str,
+        &'static str,
+    );
+    let cases: [Case; 7] = [
+        (
+            &[(
+                "DATABASE_URL",
+                "postgres://u:p@db.example.com/keel?sslmode=disable",
+            )],
+            "DATABASE_URL",
+            "sslmode=disable",
+        ),
+        (
+            &[(
+                "DATABASE_URL",
+                "postgres://u:p@db.example.com/keel?sslmode=prefer",
+            )],
+            "DATABASE_URL",
+            "prefer falls back to plain text",
+        ),
+        (
+            &[("DATABASE_URL", "postgres://u:p@db.example.com/keel")],
+            "DATABASE_URL",
+            "no sslmode means prefer",
+        ),
+        (
+            &[(
+                "DATABASE_URL",
+                "host=db.example.com user=u dbname=keel sslmode=disable",
+            )],
+            "DATABASE_URL",
+            "key=value form",
+        ),
+        (
+            &[
+                ("DB_TRANSPORT", "postgrest"),
+                ("SUPABASE_URL", "http://abc.supabase.co"),
+                ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_xyz"),
+            ],
+            "SUPABASE_URL",
+            "the service key would cross the network in the clear",
+        ),
+        (
+            &[TLS, ("OPENAI_BASE_URL", "http://embeddings.internal/v1")],
+            "OPENAI_BASE_URL",
+            "the API key and tenant text in the clear",
+        ),
+        (
+            &[
+                TLS,
+                ("SUPABASE_URL", "http://abc.supabase.co"),
+                ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_xyz"),
+            ],
+            "SUPABASE_URL",
+            "even when DATABASE_URL wins",
+        ),
+    ];
+    for (extra, variable, reason) in cases {
+        let mut pairs = production.to_vec();
+        pairs.extend_from_slice(extra);
+        if !extra
+            .iter()
+            .any(|(k, _)| k.starts_with("DATABASE_URL") || *k == "DB_TRANSPORT")
+        {
+            pairs.push(TLS);
+        }
+        let result = Config::from_vars(&vars(&pairs));
+        assert_eq!(problem_variables(result), vec![variable], "{reason}");
+    }
+
+    let mut pairs = production.to_vec();
+    pairs.push((
+        "DATABASE_URL",
+        "postgres://u:p@db.example.com/keel?sslmode=verify-full",
+    ));
+    pairs.push(("OPENAI_BASE_URL", "https://embeddings.example.com/v1"));
+    Config::from_vars(&vars(&pairs)).expect("TLS everywhere is fine");
+    let development = [
+        (
+            "DATABASE_URL",
+            "postgres://u:p@localhost/keel?sslmode=disable",
+        ),
+        ("SUPABASE_URL", "http://127.0.0.1:54321"),
+        ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_xyz"),
+        ("OPENAI_BASE_URL", "http://127.0.0.1:3000/v1"),
+    ];
+    Config::from_vars(&vars(&development)).expect("development keeps plain text for local servers");
 }
