@@ -117,6 +117,23 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const DRAIN_BYTES: usize = 16 * 1024 * 1024;
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 
+/// Reads a streamed request's body up to its route's limit, then serves it.
+async fn read_and_handle<B>(
+    app: Arc<App>,
+    router: &Router,
+    request: http::Request<B>,
+    peer: Option<IpAddr>,
+) -> http::Response<Bytes>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = request.into_parts();
+    let limit = router.body_limit(parts.uri.path(), parts.uri.query(), &app.config);
+    let body = read_body(body, limit).await;
+    handle(app, router, http::Request::from_parts(parts, body), peer).await
+}
+
 /// Reads a body, refusing more than `limit` bytes without buffering them;
 /// the rest of a refused body is drained (bounded) so the client reads the 413.
 async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, ApiError>
@@ -174,10 +191,7 @@ async fn vercel(app: Arc<App>, router: Arc<Router>) -> Result<(), BoxError> {
         let app = app.clone();
         let router = router.clone();
         async move {
-            let (parts, body) = request.into_parts();
-            let limit = router.body_limit(parts.uri.path(), parts.uri.query(), &app.config);
-            let body = read_body(body, limit).await;
-            let response = handle(app, &router, http::Request::from_parts(parts, body), None).await;
+            let response = read_and_handle(app, &router, request, None).await;
             Ok::<_, vercel_runtime::Error>(response.map(vercel_runtime::ResponseBody::from))
         }
     });
@@ -306,16 +320,7 @@ pub async fn serve_local(
                 let app = app.clone();
                 let router = router.clone();
                 async move {
-                    let (parts, body) = request.into_parts();
-                    let limit = router.body_limit(parts.uri.path(), parts.uri.query(), &app.config);
-                    let body = read_body(body, limit).await;
-                    let response = handle(
-                        app,
-                        &router,
-                        http::Request::from_parts(parts, body),
-                        Some(peer.ip()),
-                    )
-                    .await;
+                    let response = read_and_handle(app, &router, request, Some(peer.ip())).await;
                     Ok::<_, std::convert::Infallible>(response.map(http_body_util::Full::new))
                 }
             });
