@@ -234,4 +234,22 @@ begin
                        'previous_secret_expires_at', v_endpoint.previous_secret_expires_at));
 end $$;
 
+-- Maintenance: keys older than 24 h, at most `batch` per call; `more` when the
+-- batch was full. Its own function: keel_maintenance belongs to another change.
+create or replace function public.keel_prune_idempotency_keys(args jsonb) returns jsonb
+language plpgsql
+security definer
+set search_path = keel, pg_catalog
+as $$
+declare
+  v_batch int := coalesce((args->>'batch')::int, 5000);
+  v_pruned int;
+begin
+  delete from keel.idempotency_keys
+  where ctid in (select ctid from keel.idempotency_keys where created_at < now() - interval '24 hours'
+                 limit v_batch for update skip locked);
+  get diagnostics v_pruned = row_count;
+  return jsonb_build_object('idempotency_keys_pruned', v_pruned, 'more', v_pruned >= v_batch);
+end $$;
+
 select keel.lock_down_api();

@@ -408,6 +408,47 @@ async fn without_encryption_key_a_keyed_request_is_503_and_an_unkeyed_one_works(
 }
 
 #[tokio::test]
+async fn maintenance_prunes_keys_past_their_24_hours() {
+    let app = spawn_app().await;
+    for (key, slug) in [("old", "old-shop"), ("new", "new-shop")] {
+        let response = post_with_key(
+            &app,
+            "/api/tenants",
+            ADMIN_KEY,
+            key,
+            &json!({"name": slug, "slug": slug}),
+        )
+        .await;
+        assert_eq!(response.status(), 201);
+    }
+    app.db
+        .connect()
+        .await
+        .execute(
+            "update keel.idempotency_keys set created_at = now() - interval '25 hours' where key = 'old'",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let report = app.run_cron("/api/cron/maintenance").await;
+
+    assert_eq!(report["idempotency_keys_pruned"], 1, "{report}");
+    assert_eq!(report["caught_up"], true);
+    let left: Vec<String> = app
+        .db
+        .connect()
+        .await
+        .query("select key from keel.idempotency_keys", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(left, ["new"]);
+}
+
+#[tokio::test]
 async fn retries_replay_through_postgrest_too() {
     let db = TestDatabase::migrated().await;
     let service_key = "sb_secret_test_0123456789abcdef";
