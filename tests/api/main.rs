@@ -10,6 +10,7 @@ mod faults;
 mod health;
 mod helpers;
 mod http_conventions;
+mod idempotency;
 mod local_embeddings;
 mod operations;
 mod postgrest;

@@ -1,5 +1,5 @@
 //! Hourly maintenance: expires the query-vector cache, prunes old tasks,
-//! deliveries and rate-limit hits, releases stale leases, schedules webhook
+//! deliveries, rate-limit hits and expired idempotency keys, releases stale leases, schedules webhook
 //! reconciliation, and retires a replaced embedding model's vectors a day
 //! after the change.
 //!
@@ -91,6 +91,24 @@ impl SqlFunction for PruneRateLimits {
     type Output = RateLimitPass;
 }
 
+/// `keel_prune_idempotency_keys`: at most `batch` idempotency keys older
+/// than their 24 hours.
+#[derive(Serialize)]
+struct PruneIdempotencyKeys {
+    batch: u32,
+}
+
+#[derive(Debug, Deserialize)]
+struct IdempotencyPass {
+    idempotency_keys_pruned: u64,
+    more: bool,
+}
+
+impl SqlFunction for PruneIdempotencyKeys {
+    const NAME: &'static str = "keel_prune_idempotency_keys";
+    type Output = IdempotencyPass;
+}
+
 /// `keel_prune_replaced_vectors`: other models' vectors and jobs, for
 /// tenants the configured model has covered for `after_seconds`.
 #[derive(Serialize)]
@@ -119,6 +137,7 @@ pub struct MaintenanceReport {
     pub housekeeping: Housekeeping,
     #[serde(flatten)]
     pub rate_limits: RateLimitsPruned,
+    pub idempotency_keys_pruned: u64,
     #[serde(flatten)]
     pub replaced_vectors: ReplacedVectorsPruned,
     /// False when the time budget ended the run with work left for the next.
@@ -166,6 +185,16 @@ pub async fn run(
             break;
         }
     }
+    let mut idempotency_keys_pruned = 0;
+    let mut keys_caught_up = false;
+    while Instant::now() < deadline {
+        let pass = db.run(&PruneIdempotencyKeys { batch: BATCH }).await?;
+        idempotency_keys_pruned += pass.idempotency_keys_pruned;
+        if !pass.more {
+            keys_caught_up = true;
+            break;
+        }
+    }
     let replaced_vectors = db
         .run(&PruneReplacedVectors {
             model,
@@ -177,7 +206,8 @@ pub async fn run(
     Ok(MaintenanceReport {
         housekeeping,
         rate_limits,
+        idempotency_keys_pruned,
         replaced_vectors,
-        caught_up: caught_up && hits_caught_up,
+        caught_up: caught_up && hits_caught_up && keys_caught_up,
     })
 }

@@ -1,6 +1,7 @@
 //! The admin API for tenants and their keys. Every route needs
 //! `Authorization: Bearer $ADMIN_API_KEY`. A tenant's key is returned once,
-//! at creation or issue; only its hash is stored.
+//! at creation or issue; only its hash is stored. Creating a tenant and
+//! issuing a key take `Idempotency-Key` (see `ops::idempotency`).
 
 use std::sync::Arc;
 
@@ -11,8 +12,9 @@ use serde_json::json;
 use super::keys;
 use super::store::{CreateTenant, IssueKey, ListTenants};
 use crate::app::App;
+use crate::ops::idempotency;
 use crate::web::auth;
-use crate::web::{ApiError, ApiRequest, HandlerResult, json_response, page_response};
+use crate::web::{ApiError, ApiRequest, HandlerResult, idempotent_response, page_response};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,7 +49,9 @@ async fn create(app: Arc<App>, request: ApiRequest) -> HandlerResult {
             "must be 1 to 63 lowercase letters, digits or inner hyphens (e.g. joes-diner)",
         ));
     }
+    let idempotency_key = request.idempotency_key()?;
     let key = keys::issue_key();
+    let idempotency = idempotency::claim(idempotency_key.as_ref(), &app.config, &key.key)?;
     let created = app
         .db
         .run(&CreateTenant {
@@ -56,11 +60,14 @@ async fn create(app: Arc<App>, request: ApiRequest) -> HandlerResult {
             key_hash: &key.hash,
             key_prefix: &key.prefix,
             audit: &request.audit("admin"),
+            idempotency,
         })
-        .await?;
-    Ok(json_response(
+        .await?
+        .resolve(&app.config, key.key)?;
+    Ok(idempotent_response(
         StatusCode::CREATED,
-        &json!({"tenant": created.tenant, "api_key": key.key}),
+        &json!({"tenant": created.result.tenant, "api_key": created.credential}),
+        created.replayed,
     ))
 }
 
@@ -111,7 +118,9 @@ pub async fn issue_key(app: Arc<App>, request: ApiRequest) -> HandlerResult {
             "no tenant with slug \"{slug}\""
         )));
     }
+    let idempotency_key = request.idempotency_key()?;
     let key = keys::issue_key();
+    let idempotency = idempotency::claim(idempotency_key.as_ref(), &app.config, &key.key)?;
     let issued = app
         .db
         .run(&IssueKey {
@@ -120,15 +129,19 @@ pub async fn issue_key(app: Arc<App>, request: ApiRequest) -> HandlerResult {
             key_prefix: &key.prefix,
             revoke_existing: body.revoke_existing,
             audit: &request.audit("admin"),
+            idempotency,
         })
-        .await?;
-    Ok(json_response(
+        .await?
+        .resolve(&app.config, key.key)?;
+    let (record, api_key) = (issued.result, issued.credential);
+    Ok(idempotent_response(
         StatusCode::CREATED,
         &json!({
-            "tenant": issued.tenant,
-            "api_key": key.key,
-            "key_id": issued.key_id,
-            "revoked": issued.revoked,
+            "tenant": record.tenant,
+            "api_key": api_key,
+            "key_id": record.key_id,
+            "revoked": record.revoked,
         }),
+        issued.replayed,
     ))
 }

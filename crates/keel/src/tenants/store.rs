@@ -1,8 +1,10 @@
-//! The tenant SQL functions Keel calls, one typed binding each.
+//! The tenant SQL functions Keel calls (migrations/0002, 0014), one typed
+//! binding each.
 
 use serde::{Deserialize, Serialize};
 
 use crate::ops::audit::Audit;
+use crate::ops::idempotency::{Claim, Idempotent};
 use crate::platform::db::{Page, SqlFunction};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -23,16 +25,19 @@ pub struct CreateTenant<'a> {
     pub key_hash: &'a str,
     pub key_prefix: &'a str,
     pub audit: &'a Audit,
+    /// With `Idempotency-Key`: the claim, holding the sealed `api_key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<Claim>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct CreatedTenant {
     pub tenant: Tenant,
 }
 
 impl SqlFunction for CreateTenant<'_> {
     const NAME: &'static str = "keel_create_tenant";
-    type Output = CreatedTenant;
+    type Output = Idempotent<CreatedTenant>;
 }
 
 /// `keel_list_tenants`: tenants by slug, with their active key counts.
@@ -56,9 +61,12 @@ pub struct IssueKey<'a> {
     pub key_prefix: &'a str,
     pub revoke_existing: bool,
     pub audit: &'a Audit,
+    /// With `Idempotency-Key`: the claim, holding the sealed `api_key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<Claim>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct IssuedKeyRecord {
     pub tenant: Tenant,
     pub key_id: String,
@@ -67,5 +75,5 @@ pub struct IssuedKeyRecord {
 
 impl SqlFunction for IssueKey<'_> {
     const NAME: &'static str = "keel_issue_key";
-    type Output = IssuedKeyRecord;
+    type Output = Idempotent<IssuedKeyRecord>;
 }

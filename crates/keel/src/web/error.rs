@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::response::json_response;
 use crate::knowledge::KnowledgeError;
+use crate::ops::idempotency::IdempotencyError;
 use crate::ops::quotas::QuotaExceeded;
 use crate::ops::ratelimit::{GateError, Quota, Scope};
 use crate::platform::db::{DbError, DbErrorClass};
@@ -270,6 +271,28 @@ impl From<GateError> for ApiError {
     }
 }
 
+impl From<IdempotencyError> for ApiError {
+    fn from(error: IdempotencyError) -> Self {
+        match error {
+            IdempotencyError::InvalidKey => {
+                ApiError::bad_request("invalid_request", error.to_string())
+            }
+            IdempotencyError::Reused => Self::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_reused",
+                error.to_string(),
+            ),
+            IdempotencyError::NoEncryptionKey => ApiError::unavailable(
+                error.to_string(),
+                anyhow::anyhow!("ENCRYPTION_KEY is unset"),
+            ),
+            IdempotencyError::Unreadable(_) | IdempotencyError::Malformed(_) => {
+                ApiError::internal(error.into())
+            }
+        }
+    }
+}
+
 impl From<KnowledgeError> for ApiError {
     fn from(error: KnowledgeError) -> Self {
         match error {
@@ -306,6 +329,7 @@ impl From<WebhookError> for ApiError {
                 anyhow::anyhow!("ENCRYPTION_KEY is unset"),
             ),
             WebhookError::Secret { .. } => ApiError::internal(error.into()),
+            WebhookError::Idempotency(error) => error.into(),
             WebhookError::Call(error) => error.into(),
         }
     }

@@ -14,5 +14,5 @@ pub mod runtime;
 
 pub use error::ApiError;
 pub use request::ApiRequest;
-pub use response::{json_of, json_response, page_response};
+pub use response::{idempotent_response, json_of, json_response, page_response};
 pub use routing::{BodyLimit, HandlerResult, Route, Router};

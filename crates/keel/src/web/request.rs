@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use crate::ops::audit::Audit;
+use crate::ops::idempotency::{self, IdempotencyKey};
 use crate::ops::ratelimit::RateGate;
 
 /// A request as handlers see it: body already read and bounded.
@@ -97,6 +98,17 @@ impl ApiRequest {
             request_id: self.request_id.clone(),
             ip: self.client_ip,
         }
+    }
+
+    /// The request's `Idempotency-Key`, if it sent one (400 when malformed).
+    pub fn idempotency_key(&self) -> Result<Option<IdempotencyKey>, ApiError> {
+        self.headers
+            .get(idempotency::HEADER)
+            .map(|key| {
+                IdempotencyKey::new(key.as_bytes(), self.method.as_str(), &self.path, &self.body)
+            })
+            .transpose()
+            .map_err(ApiError::from)
     }
 }
 

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use super::routing::HandlerResult;
+use crate::ops::idempotency::REPLAYED_HEADER;
 use crate::platform::db::Page;
 
 /// A JSON response with the given status.
@@ -17,6 +18,22 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<B
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    response
+}
+
+/// The response of a route taking `Idempotency-Key`: a replay of an
+/// earlier call's response says so in `idempotent-replayed: true`.
+pub fn idempotent_response(
+    status: StatusCode,
+    body: &serde_json::Value,
+    replayed: bool,
+) -> Response<Bytes> {
+    let mut response = json_response(status, body);
+    if replayed {
+        response
+            .headers_mut()
+            .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    }
     response
 }
 

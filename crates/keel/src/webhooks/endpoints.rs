@@ -13,6 +13,7 @@ use super::store::{
     RotatedSecret, WebhookEndpoint,
 };
 use crate::ops::audit::Audit;
+use crate::ops::idempotency::{self, IdempotencyKey, Outcome};
 use crate::ops::ratelimit::RateGate;
 use crate::platform::config::Config;
 use crate::platform::crypto::{self, EncryptionKey};
@@ -23,7 +24,9 @@ pub const DEFAULT_ROTATION_GRACE_SECONDS: u32 = 24 * 3600;
 pub const MAX_ROTATION_GRACE_SECONDS: u32 = 7 * 24 * 3600;
 
 /// A new endpoint of `tenant` and its secret, shown to the caller once; one
-/// with a `pull_url` is refused past `TENANT_MAX_PULL_ENDPOINTS`.
+/// with a `pull_url` is refused past `TENANT_MAX_PULL_ENDPOINTS`. With an
+/// idempotency key already used for the same request, the endpoint and
+/// secret that request made.
 pub async fn create(
     db: &Db,
     config: &Config,
@@ -31,10 +34,12 @@ pub async fn create(
     source: &str,
     pull_url: Option<&str>,
     audit: &Audit,
-) -> Result<(CreatedEndpoint, String), WebhookError> {
+    idempotency_key: Option<&IdempotencyKey>,
+) -> Result<Outcome<CreatedEndpoint>, WebhookError> {
     let secret = new_secret();
     let sealed = crypto::seal(encryption_key(config)?, secret.as_bytes());
-    let created = tenant
+    let idempotency = idempotency::claim(idempotency_key, config, &secret)?;
+    let outcome = tenant
         .run(
             db,
             &CreateWebhookEndpoint {
@@ -44,17 +49,24 @@ pub async fn create(
                 key_id: &sealed.key_id,
                 max_pull_endpoints: config.tasks.quotas.pull_endpoints,
                 audit,
+                idempotency,
             },
         )
-        .await?;
-    match created {
-        EndpointCreation::Created(created) => Ok((created, secret)),
+        .await?
+        .resolve(config, secret)?;
+    match outcome.result {
+        EndpointCreation::Created(created) => Ok(Outcome {
+            result: created,
+            credential: outcome.credential,
+            replayed: outcome.replayed,
+        }),
         EndpointCreation::Refused { refused } => Err(WebhookError::OverQuota(refused)),
     }
 }
 
 /// A new secret for the tenant's endpoint `id`; the previous one verifies
-/// for `grace_seconds` more.
+/// for `grace_seconds` more. With an idempotency key already used for the
+/// same request, that rotation's secret (and no second rotation).
 pub async fn rotate(
     db: &Db,
     config: &Config,
@@ -62,10 +74,12 @@ pub async fn rotate(
     id: &str,
     grace_seconds: u32,
     audit: &Audit,
-) -> Result<(RotatedSecret, String), WebhookError> {
+    idempotency_key: Option<&IdempotencyKey>,
+) -> Result<Outcome<RotatedSecret>, WebhookError> {
     check_id(id)?;
     let secret = new_secret();
     let sealed = crypto::seal(encryption_key(config)?, secret.as_bytes());
+    let idempotency = idempotency::claim(idempotency_key, config, &secret)?;
     let rotated = tenant
         .run(
             db,
@@ -75,10 +89,12 @@ pub async fn rotate(
                 key_id: &sealed.key_id,
                 grace_seconds,
                 audit,
+                idempotency,
             },
         )
-        .await?;
-    Ok((rotated, secret))
+        .await?
+        .resolve(config, secret)?;
+    Ok(rotated)
 }
 
 /// Endpoint ids are UUIDs: anything else names no endpoint, without asking

@@ -14,7 +14,9 @@ use super::intake;
 use super::store::ListWebhookDeliveries;
 use crate::app::App;
 use crate::web::auth;
-use crate::web::{ApiError, ApiRequest, HandlerResult, json_response, page_response};
+use crate::web::{
+    ApiError, ApiRequest, HandlerResult, idempotent_response, json_response, page_response,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,16 +62,19 @@ pub async fn create_endpoint(app: Arc<App>, request: ApiRequest) -> HandlerResul
             ));
         }
     }
-    let (created, secret) = endpoints::create(
+    let idempotency_key = request.idempotency_key()?;
+    let outcome = endpoints::create(
         &app.db,
         &app.config,
         &tenant,
         &body.source,
         body.pull_url.as_deref(),
         &request.audit(&auth::tenant_actor(&request)),
+        idempotency_key.as_ref(),
     )
     .await?;
-    Ok(json_response(
+    let (created, secret) = (outcome.result, outcome.credential);
+    Ok(idempotent_response(
         StatusCode::CREATED,
         &json!({
             "id": created.id,
@@ -79,6 +84,7 @@ pub async fn create_endpoint(app: Arc<App>, request: ApiRequest) -> HandlerResul
             "pull_url": created.pull_url,
             "created_at": created.created_at,
         }),
+        outcome.replayed,
     ))
 }
 
@@ -112,16 +118,19 @@ pub async fn rotate_secret(app: Arc<App>, request: ApiRequest) -> HandlerResult 
             &format!("must be between 0 and {MAX_ROTATION_GRACE_SECONDS} (7 days)"),
         ));
     }
-    let (rotated, secret) = endpoints::rotate(
+    let idempotency_key = request.idempotency_key()?;
+    let outcome = endpoints::rotate(
         &app.db,
         &app.config,
         &tenant,
         id,
         body.grace_period_seconds,
         &request.audit(&auth::tenant_actor(&request)),
+        idempotency_key.as_ref(),
     )
     .await?;
-    Ok(json_response(
+    let (rotated, secret) = (outcome.result, outcome.credential);
+    Ok(idempotent_response(
         StatusCode::OK,
         &json!({
             "id": rotated.id,
@@ -129,6 +138,7 @@ pub async fn rotate_secret(app: Arc<App>, request: ApiRequest) -> HandlerResult 
             "rotated_at": rotated.rotated_at,
             "previous_secret_expires_at": rotated.previous_secret_expires_at,
         }),
+        outcome.replayed,
     ))
 }
 

@@ -19,6 +19,7 @@ pub mod reconcile;
 pub mod signatures;
 pub mod store;
 
+use crate::ops::idempotency::IdempotencyError;
 use crate::ops::quotas::QuotaExceeded;
 use crate::ops::ratelimit::GateError;
 use crate::platform::crypto::OpenError;
@@ -44,6 +45,9 @@ pub enum WebhookError {
     /// Over one of the tenant's quotas; nothing was stored.
     #[error(transparent)]
     OverQuota(QuotaExceeded),
+    /// A malformed or reused `Idempotency-Key`, or one that cannot be kept.
+    #[error(transparent)]
+    Idempotency(#[from] IdempotencyError),
     #[error(transparent)]
     Call(#[from] GateError),
 }

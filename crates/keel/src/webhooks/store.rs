@@ -1,4 +1,4 @@
-//! The webhook SQL functions Keel calls (migrations/0003, 0005, 0012), one
+//! The webhook SQL functions Keel calls (migrations/0003, 0005, 0012, 0014), one
 //! typed binding each.
 
 use serde::de::IgnoredAny;
@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ops::audit::Audit;
+use crate::ops::idempotency::{Claim, Idempotent};
 use crate::ops::quotas::QuotaExceeded;
 use crate::platform::db::{Page, SqlFunction};
 
@@ -19,6 +20,9 @@ pub struct CreateWebhookEndpoint<'a> {
     /// With a `pull_url`: refused once the tenant has this many.
     pub max_pull_endpoints: u32,
     pub audit: &'a Audit,
+    /// With `Idempotency-Key`: the claim, holding the sealed secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<Claim>,
 }
 
 /// The endpoint, or the quota that refused it.
@@ -39,7 +43,7 @@ pub struct CreatedEndpoint {
 
 impl SqlFunction for CreateWebhookEndpoint<'_> {
     const NAME: &'static str = "keel_create_webhook_endpoint";
-    type Output = EndpointCreation;
+    type Output = Idempotent<EndpointCreation>;
 }
 
 /// `keel_rotate_webhook_secret`: a new secret; the old one verifies for
@@ -51,6 +55,9 @@ pub struct RotateWebhookSecret<'a> {
     pub key_id: &'a str,
     pub grace_seconds: u32,
     pub audit: &'a Audit,
+    /// With `Idempotency-Key`: the claim, holding the sealed secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<Claim>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,7 +69,7 @@ pub struct RotatedSecret {
 
 impl SqlFunction for RotateWebhookSecret<'_> {
     const NAME: &'static str = "keel_rotate_webhook_secret";
-    type Output = RotatedSecret;
+    type Output = Idempotent<RotatedSecret>;
 }
 
 /// `keel_webhook_endpoint`: what intake needs to verify a delivery. Not
