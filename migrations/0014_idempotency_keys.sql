@@ -235,7 +235,7 @@ begin
 end $$;
 
 -- Maintenance: keys older than 24 h, at most `batch` per call; `more` when the
--- batch was full. Its own function: keel_maintenance belongs to another change.
+-- batch was full (called in a loop by the maintenance cron, like the other prunes).
 create or replace function public.keel_prune_idempotency_keys(args jsonb) returns jsonb
 language plpgsql
 security definer

@@ -60,10 +60,12 @@ pub fn embedding_input(title: &str, chunk: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn limits() -> IngestLimits {
+    /// Small limits, so short texts make several chunks; shared with the
+    /// documents tests.
+    pub(in crate::knowledge) fn limits() -> IngestLimits {
         IngestLimits {
             max_documents: 3,
             max_document_bytes: 1000,

@@ -253,15 +253,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    fn limits() -> IngestLimits {
-        IngestLimits {
-            max_documents: 3,
-            max_document_bytes: 1000,
-            chunk_tokens: 60,
-            chunk_overlap: 10,
-        }
-    }
+    use crate::knowledge::chunker::tests::limits;
 
     fn document(id: &str) -> DocumentInput {
         DocumentInput {

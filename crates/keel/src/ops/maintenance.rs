@@ -75,9 +75,12 @@ struct PruneRateLimits {
     batch: u32,
 }
 
+/// One call of a bounded pruning function: rows deleted, and whether its
+/// batch was full (so there may be more).
 #[derive(Debug, Deserialize)]
-struct RateLimitPass {
-    rate_limit_hits_pruned: u64,
+struct PrunePass {
+    #[serde(alias = "rate_limit_hits_pruned", alias = "idempotency_keys_pruned")]
+    pruned: u64,
     more: bool,
 }
 
@@ -88,7 +91,7 @@ pub struct RateLimitsPruned {
 
 impl SqlFunction for PruneRateLimits {
     const NAME: &'static str = "keel_prune_rate_limits";
-    type Output = RateLimitPass;
+    type Output = PrunePass;
 }
 
 /// `keel_prune_idempotency_keys`: at most `batch` idempotency keys older
@@ -98,15 +101,9 @@ struct PruneIdempotencyKeys {
     batch: u32,
 }
 
-#[derive(Debug, Deserialize)]
-struct IdempotencyPass {
-    idempotency_keys_pruned: u64,
-    more: bool,
-}
-
 impl SqlFunction for PruneIdempotencyKeys {
     const NAME: &'static str = "keel_prune_idempotency_keys";
-    type Output = IdempotencyPass;
+    type Output = PrunePass;
 }
 
 /// `keel_prune_replaced_vectors`: other models' vectors and jobs, for
@@ -173,28 +170,13 @@ pub async fn run(
             break;
         }
     }
-    let mut rate_limits = RateLimitsPruned {
-        rate_limit_hits_pruned: 0,
+    let (rate_limit_hits_pruned, hits_caught_up) =
+        prune_until_done(db, &PruneRateLimits { batch: BATCH }, deadline).await?;
+    let rate_limits = RateLimitsPruned {
+        rate_limit_hits_pruned,
     };
-    let mut hits_caught_up = false;
-    while Instant::now() < deadline {
-        let pass = db.run(&PruneRateLimits { batch: BATCH }).await?;
-        rate_limits.rate_limit_hits_pruned += pass.rate_limit_hits_pruned;
-        if !pass.more {
-            hits_caught_up = true;
-            break;
-        }
-    }
-    let mut idempotency_keys_pruned = 0;
-    let mut keys_caught_up = false;
-    while Instant::now() < deadline {
-        let pass = db.run(&PruneIdempotencyKeys { batch: BATCH }).await?;
-        idempotency_keys_pruned += pass.idempotency_keys_pruned;
-        if !pass.more {
-            keys_caught_up = true;
-            break;
-        }
-    }
+    let (idempotency_keys_pruned, keys_caught_up) =
+        prune_until_done(db, &PruneIdempotencyKeys { batch: BATCH }, deadline).await?;
     let replaced_vectors = db
         .run(&PruneReplacedVectors {
             model,
@@ -210,4 +192,22 @@ pub async fn run(
         replaced_vectors,
         caught_up: caught_up && hits_caught_up && keys_caught_up,
     })
+}
+
+/// Calls the bounded pruning function `F` until a batch comes back short or
+/// `deadline` passes: the rows deleted, and whether it caught up.
+async fn prune_until_done<F: SqlFunction<Output = PrunePass>>(
+    db: &Db,
+    args: &F,
+    deadline: Instant,
+) -> Result<(u64, bool), DbError> {
+    let mut pruned = 0;
+    while Instant::now() < deadline {
+        let pass = db.run(args).await?;
+        pruned += pass.pruned;
+        if !pass.more {
+            return Ok((pruned, true));
+        }
+    }
+    Ok((pruned, false))
 }
