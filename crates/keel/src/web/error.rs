@@ -9,10 +9,10 @@
 
 use std::borrow::Cow;
 
-use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::json;
 
+use super::body::Body;
 use super::response::json_response;
 use crate::knowledge::KnowledgeError;
 use crate::ops::idempotency::IdempotencyError;
@@ -200,7 +200,7 @@ impl ApiError {
 
     /// Renders the error for the client and, for server faults, reports the
     /// cause chain to logs and Sentry.
-    pub fn into_response(self, request_id: &str) -> Response<Bytes> {
+    pub fn into_response(self, request_id: &str) -> Response<Body> {
         if self.status.is_server_error() {
             self.report(request_id);
         }
@@ -361,8 +361,8 @@ impl ApiError {
 mod tests {
     use super::*;
 
-    fn body(response: Response<Bytes>) -> serde_json::Value {
-        serde_json::from_slice(response.body()).unwrap()
+    fn body(response: Response<Body>) -> serde_json::Value {
+        serde_json::from_slice(response.body().as_full().unwrap()).unwrap()
     }
 
     #[test]
@@ -370,7 +370,7 @@ mod tests {
         let error = ApiError::internal(anyhow::anyhow!("password=hunter2 leaked in cause"));
         let response = error.into_response("req-1");
         assert_eq!(response.status(), 500);
-        let text = String::from_utf8(response.body().to_vec()).unwrap();
+        let text = String::from_utf8(response.body().as_full().unwrap().to_vec()).unwrap();
         assert!(!text.contains("hunter2"), "{text}");
         assert_eq!(body(response)["error"]["request_id"], "req-1");
     }

@@ -12,6 +12,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use tracing::Instrument as _;
 
+use super::body::Body;
 use super::error::ApiError;
 use super::request::ApiRequest;
 use super::routing::{Route, Router};
@@ -27,7 +28,7 @@ pub async fn handle(
     router: &Router,
     request: Request<Result<Bytes, ApiError>>,
     peer: Option<IpAddr>,
-) -> Response<Bytes> {
+) -> Response<Body> {
     let started = Instant::now();
     let request_id = request_id(request.headers());
     let span = tracing::info_span!(
@@ -70,7 +71,7 @@ async fn dispatch(
     request: Request<Result<Bytes, ApiError>>,
     request_id: &str,
     peer: Option<IpAddr>,
-) -> Response<Bytes> {
+) -> Response<Body> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
     let Some((route, params)) = router.find(&path, parts.uri.query()) else {
@@ -127,13 +128,13 @@ async fn dispatch(
         quota.insert_headers(response.headers_mut());
     }
     if is_head {
-        *response.body_mut() = Bytes::new();
+        *response.body_mut() = Body::empty();
     }
     response
 }
 
-fn preflight(app: &App, route: &Route, headers: &HeaderMap) -> Response<Bytes> {
-    let mut response = Response::new(Bytes::new());
+fn preflight(app: &App, route: &Route, headers: &HeaderMap) -> Response<Body> {
+    let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::NO_CONTENT;
     let out = response.headers_mut();
     out.insert(header::VARY, HeaderValue::from_static("Origin"));
@@ -171,7 +172,7 @@ fn origin_allowed(app: &App, origin: &HeaderValue) -> bool {
 /// Headers every response carries, success or error.
 fn decorate(
     app: &App,
-    response: &mut Response<Bytes>,
+    response: &mut Response<Body>,
     request_id: &str,
     origin: Option<&HeaderValue>,
     started: Instant,
