@@ -13,6 +13,7 @@
 //!   the runtime adapters.
 //! - [`routes`] and [`jobs`]: the route table and the task-kind table.
 
+pub mod answers;
 pub mod app;
 pub mod jobs;
 pub mod knowledge;

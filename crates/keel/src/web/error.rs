@@ -14,6 +14,8 @@ use serde_json::json;
 
 use super::body::Body;
 use super::response::json_response;
+use crate::answers::AnswersError;
+use crate::answers::provider::ProviderError;
 use crate::knowledge::KnowledgeError;
 use crate::ops::idempotency::IdempotencyError;
 use crate::ops::quotas::QuotaExceeded;
@@ -304,6 +306,55 @@ impl From<KnowledgeError> for ApiError {
             ),
             KnowledgeError::Call(error) => error.into(),
             KnowledgeError::Internal(cause) => cause.into(),
+        }
+    }
+}
+
+impl From<AnswersError> for ApiError {
+    fn from(error: AnswersError) -> Self {
+        match error {
+            AnswersError::Invalid { field, problem } => ApiError::invalid_field(&field, &problem),
+            AnswersError::Knowledge(error) => error.into(),
+            AnswersError::Provider(error) => error.into(),
+            AnswersError::Internal(cause) => cause.into(),
+        }
+    }
+}
+
+/// The chat model failed before anything reached the client: a 503 the
+/// client may retry (after the provider's own `retry-after` when it rate
+/// limits), or a 502 when the provider refused the request as configured
+/// (an unknown model, say), which retrying does not fix.
+impl From<ProviderError> for ApiError {
+    fn from(error: ProviderError) -> Self {
+        match &error {
+            ProviderError::Refused { status, message } => {
+                let mut refused = Self::new(
+                    StatusCode::BAD_GATEWAY,
+                    "chat_provider_refused",
+                    format!("the chat model refused the request ({status}): {message}"),
+                );
+                refused.cause = Some(error.into());
+                refused
+            }
+            ProviderError::RateLimited { retry_after } => {
+                let wait = retry_after.map_or(UNAVAILABLE_RETRY_AFTER_SECS, |w| w.as_secs().max(1));
+                let mut limited = ApiError::unavailable(
+                    "the chat model is rate limiting; retry shortly",
+                    error.into(),
+                );
+                limited.code = "chat_provider_unavailable";
+                limited.retry_after = Some(wait);
+                limited
+            }
+            _ => {
+                let mut down = ApiError::unavailable(
+                    "the chat model is unavailable; retry shortly",
+                    error.into(),
+                );
+                down.code = "chat_provider_unavailable";
+                down
+            }
         }
     }
 }
