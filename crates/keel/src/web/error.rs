@@ -14,6 +14,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::json;
 
 use super::response::json_response;
+use crate::answers::AnswersError;
 use crate::knowledge::KnowledgeError;
 use crate::ops::idempotency::IdempotencyError;
 use crate::ops::quotas::QuotaExceeded;
@@ -94,6 +95,11 @@ impl ApiError {
     /// (`invalid_signature`, `stale_timestamp`), where revealing it is safe.
     pub fn unauthorized_because(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+
+    /// A valid credential used where it may not be; the message says why.
+    pub fn forbidden(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
     pub fn not_found(message: impl Into<Cow<'static, str>>) -> Self {
@@ -308,6 +314,15 @@ impl From<KnowledgeError> for ApiError {
     }
 }
 
+impl From<AnswersError> for ApiError {
+    fn from(error: AnswersError) -> Self {
+        match error {
+            AnswersError::Invalid { field, problem } => ApiError::invalid_field(&field, &problem),
+            AnswersError::Call(error) => error.into(),
+        }
+    }
+}
+
 impl From<WebhookError> for ApiError {
     fn from(error: WebhookError) -> Self {
         match error {
@@ -340,6 +355,7 @@ impl ApiError {
         let message = error.client_message();
         match error.class() {
             DbErrorClass::Unauthorized => Self::unauthorized(),
+            DbErrorClass::Forbidden => Self::forbidden(message),
             DbErrorClass::Conflict => Self::conflict(message),
             DbErrorClass::NotFound => Self::not_found(message),
             DbErrorClass::InvalidInput => Self::bad_request("invalid_request", message),
@@ -379,6 +395,11 @@ mod tests {
     fn database_errors_map_to_their_http_status() {
         let cases = [
             ("PT401", 401, "an unknown or revoked key"),
+            (
+                "PT403",
+                403,
+                "a publishable key from an origin not on its list",
+            ),
             ("23505", 409, "unique violation is a conflict"),
             ("P0002", 404, "no data found is not found"),
             ("22023", 400, "invalid parameter is a client error"),

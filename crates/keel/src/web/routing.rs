@@ -33,6 +33,10 @@ pub struct Route {
     pub rate_scope: Option<Scope>,
     /// The largest request body the route reads.
     pub body_limit: BodyLimit,
+    /// Callable from any browser origin with a publishable key (its own
+    /// origin list is checked by the database): preflights succeed for any
+    /// origin, and responses allow the request's origin.
+    pub publishable: bool,
 }
 
 /// Which configured body limit a route applies (413 above it).
@@ -63,7 +67,16 @@ impl Route {
             exempt_from_maintenance: false,
             rate_scope: None,
             body_limit: BodyLimit::General,
+            publishable: false,
         }
+    }
+
+    /// Marks a route publishable keys may call (see [`Route::publishable`]).
+    /// Such routes are rate limited, so each publishable call is counted
+    /// against its key's and visitor's quotas.
+    pub const fn publishable(mut self) -> Self {
+        self.publishable = true;
+        self
     }
 
     pub const fn body_limit(mut self, limit: BodyLimit) -> Self {
