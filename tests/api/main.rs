@@ -2,6 +2,7 @@
 //! One binary with modules, so the suite links once.
 
 mod binaries;
+mod conversations;
 mod database;
 mod dev_secrets;
 mod documents;
@@ -15,6 +16,7 @@ mod local_embeddings;
 mod operations;
 mod postgrest;
 mod privileges;
+mod publishable_keys;
 mod rate_limits;
 mod ready;
 mod search;

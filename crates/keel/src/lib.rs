@@ -7,7 +7,7 @@
 //! - Areas, each with its core and its `handlers.rs`: [`ops`] (rate limits,
 //!   audit, health, metrics, maintenance), [`tenants`], [`knowledge`]
 //!   (documents, embeddings, search), [`tasks`] (the queue engine),
-//!   [`webhooks`].
+//!   [`webhooks`], [`answers`] (chat: conversations, assistant settings).
 //! - [`app`]: the state built once per cold start.
 //! - [`web`]: the request pipeline, `ApiRequest`, `ApiError`, responses and
 //!   the runtime adapters.

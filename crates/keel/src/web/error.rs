@@ -98,6 +98,11 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, code, message)
     }
 
+    /// A valid credential used where it may not be; the message says why.
+    pub fn forbidden(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
     pub fn not_found(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
@@ -314,6 +319,7 @@ impl From<AnswersError> for ApiError {
     fn from(error: AnswersError) -> Self {
         match error {
             AnswersError::Invalid { field, problem } => ApiError::invalid_field(&field, &problem),
+            AnswersError::Call(error) => error.into(),
             AnswersError::Knowledge(error) => error.into(),
             AnswersError::Provider(error) => error.into(),
             AnswersError::Internal(cause) => cause.into(),
@@ -391,6 +397,7 @@ impl ApiError {
         let message = error.client_message();
         match error.class() {
             DbErrorClass::Unauthorized => Self::unauthorized(),
+            DbErrorClass::Forbidden => Self::forbidden(message),
             DbErrorClass::Conflict => Self::conflict(message),
             DbErrorClass::NotFound => Self::not_found(message),
             DbErrorClass::InvalidInput => Self::bad_request("invalid_request", message),
@@ -430,6 +437,11 @@ mod tests {
     fn database_errors_map_to_their_http_status() {
         let cases = [
             ("PT401", 401, "an unknown or revoked key"),
+            (
+                "PT403",
+                403,
+                "a publishable key from an origin not on its list",
+            ),
             ("23505", 409, "unique violation is a conflict"),
             ("P0002", 404, "no data found is not found"),
             ("22023", 400, "invalid parameter is a client error"),

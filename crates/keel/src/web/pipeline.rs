@@ -41,8 +41,15 @@ pub async fn handle(
     );
     async move {
         let origin = request.headers().get(header::ORIGIN).cloned();
+        let publishable = router
+            .find(request.uri().path(), request.uri().query())
+            .is_some_and(|(route, _)| route.publishable);
         let mut response = dispatch(&app, router, request, &request_id, peer).await;
-        decorate(&app, &mut response, &request_id, origin.as_ref(), started);
+        let cors = Cors {
+            origin: origin.as_ref(),
+            publishable,
+        };
+        decorate(&app, &mut response, &request_id, cors, started);
 
         let status = response.status().as_u16();
         let elapsed = started.elapsed();
@@ -133,6 +140,9 @@ async fn dispatch(
     response
 }
 
+/// A preflight carries no credential, so a publishable route answers it for
+/// any origin: the request itself is refused (403) unless its key lists
+/// the origin.
 fn preflight(app: &App, route: &Route, headers: &HeaderMap) -> Response<Body> {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::NO_CONTENT;
@@ -140,7 +150,7 @@ fn preflight(app: &App, route: &Route, headers: &HeaderMap) -> Response<Body> {
     out.insert(header::VARY, HeaderValue::from_static("Origin"));
     let allowed_origin = headers
         .get(header::ORIGIN)
-        .filter(|origin| origin_allowed(app, origin));
+        .filter(|origin| route.publishable || origin_allowed(app, origin));
     if allowed_origin.is_some()
         && let Ok(methods) = HeaderValue::from_str(&route.allow_header())
     {
@@ -148,7 +158,7 @@ fn preflight(app: &App, route: &Route, headers: &HeaderMap) -> Response<Body> {
         out.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             HeaderValue::from_static(
-                "authorization, content-type, x-request-id, idempotency-key, webhook-id, webhook-timestamp, webhook-signature",
+                "authorization, content-type, x-request-id, idempotency-key, webhook-id, webhook-timestamp, webhook-signature, x-keel-visitor-token",
             ),
         );
         out.insert(
@@ -169,12 +179,18 @@ fn origin_allowed(app: &App, origin: &HeaderValue) -> bool {
         .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(origin))
 }
 
+/// The request's `Origin`, and whether its route takes publishable keys.
+struct Cors<'a> {
+    origin: Option<&'a HeaderValue>,
+    publishable: bool,
+}
+
 /// Headers every response carries, success or error.
 fn decorate(
     app: &App,
     response: &mut Response<Body>,
     request_id: &str,
-    origin: Option<&HeaderValue>,
+    cors: Cors<'_>,
     started: Instant,
 ) {
     let production = app.config.is_production();
@@ -204,15 +220,21 @@ fn decorate(
     headers
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
-    if !app.config.cors_origins.is_empty() {
+    if !app.config.cors_origins.is_empty() || cors.publishable {
         headers.append(header::VARY, HeaderValue::from_static("Origin"));
     }
-    if let Some(origin) = origin.filter(|o| origin_allowed(app, o)) {
+    // Publishable routes let any origin read their answers: Keel uses no
+    // cookies, so a page can only act with a key it holds, and the database
+    // has already refused (403) a key used from an origin not on its list.
+    if let Some(origin) = cors
+        .origin
+        .filter(|o| cors.publishable || origin_allowed(app, o))
+    {
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         headers.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static(
-                "x-request-id, retry-after, server-timing, ratelimit-limit, ratelimit-remaining, ratelimit-reset",
+                "x-request-id, retry-after, server-timing, ratelimit-limit, ratelimit-remaining, ratelimit-reset, x-keel-visitor-token",
             ),
         );
     }

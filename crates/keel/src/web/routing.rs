@@ -36,6 +36,10 @@ pub struct Route {
     /// Answers with a streamed body (server-sent events): on Lambda the
     /// function runs in response-streaming mode.
     pub streams: bool,
+    /// Callable from any browser origin with a publishable key (its own
+    /// origin list is checked by the database): preflights succeed for any
+    /// origin, and responses allow the request's origin.
+    pub publishable: bool,
 }
 
 /// Which configured body limit a route applies (413 above it).
@@ -67,11 +71,20 @@ impl Route {
             rate_scope: None,
             body_limit: BodyLimit::General,
             streams: false,
+            publishable: false,
         }
     }
 
     pub const fn streaming(mut self) -> Self {
         self.streams = true;
+        self
+    }
+
+    /// Marks a route publishable keys may call (see [`Route::publishable`]).
+    /// Such routes are rate limited, so each publishable call is counted
+    /// against its key's and visitor's quotas.
+    pub const fn publishable(mut self) -> Self {
+        self.publishable = true;
         self
     }
 
