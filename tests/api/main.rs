@@ -1,7 +1,10 @@
 //! Keel's integration suite: real Postgres, real HTTP on loopback.
 //! One binary with modules, so the suite links once.
 
+mod answers;
 mod binaries;
+mod chat_clients;
+mod chat_double;
 mod conversations;
 mod database;
 mod dev_secrets;

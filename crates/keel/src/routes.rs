@@ -197,6 +197,24 @@ pub fn metrics() -> Route {
     })
 }
 
+/// Streams its answer; publishable keys may call it from a browser.
+pub fn chat() -> Route {
+    Route::new("/api/chat", &[Method::POST], |app, req| {
+        Box::pin(answers::chat::chat(app, req))
+    })
+    .rate_limited(Scope::Chat)
+    .publishable()
+    .streaming()
+}
+
+pub fn chat_completions() -> Route {
+    Route::new("/api/v1/chat/completions", &[Method::POST], |app, req| {
+        Box::pin(answers::chat::completions(app, req))
+    })
+    .rate_limited(Scope::Chat)
+    .streaming()
+}
+
 pub fn all() -> Vec<Route> {
     vec![
         health(),
@@ -223,5 +241,7 @@ pub fn all() -> Vec<Route> {
         publishable_keys(),
         publishable_key(),
         metrics(),
+        chat(),
+        chat_completions(),
     ]
 }

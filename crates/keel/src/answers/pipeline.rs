@@ -7,8 +7,10 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+use super::conversations::{ChatSession, RecordedTurn, record_turn};
 use super::provider::{
     ChatProvider, CompletionRequest, CompletionStream, ProviderError, ProviderEvent,
 };
@@ -16,7 +18,7 @@ use super::{AnswersError, AssistantSettings, Citation, Usage, extractive, prompt
 use crate::knowledge::Knowledge;
 use crate::knowledge::search::{self, Mode, SearchFilter, SearchRequest};
 use crate::platform::config::Config;
-use crate::platform::db::Db;
+use crate::platform::db::{Db, SqlFunction};
 use crate::tenants::TenantRef;
 
 /// The most of the conversation the condensing call reads.
@@ -68,10 +70,13 @@ pub struct Question {
     pub text: String,
     /// The caller's metadata filter.
     pub filter: Option<Map<String, Value>>,
-    /// A publishable key's own filter, which the caller cannot loosen.
+    /// A publishable key's own filter (`{"metadata": {…}}`, as
+    /// `/api/search` takes it), which the caller cannot loosen.
     pub key_filter: Option<Value>,
     pub tools: Option<Value>,
     pub tool_choice: Option<Value>,
+    /// How to search: hybrid unless the caller asks otherwise.
+    pub mode: Mode,
 }
 
 /// Everything decided before the model speaks.
@@ -117,7 +122,7 @@ pub async fn prepare(
         SearchRequest {
             query: query.clone(),
             top_k: answers.passages,
-            mode: Mode::Hybrid,
+            mode: question.mode,
             min_score: None,
             filter: filter.map(|metadata| SearchFilter {
                 metadata: Some(metadata),
@@ -359,6 +364,59 @@ pub async fn generate<S: AnswerSink>(generation: Generation, sink: &mut S) -> Ou
         },
     }
     outcome
+}
+
+/// `keel_chat_observe`: one answer's tokens and time to first token, into
+/// the counters `/api/metrics` reports.
+#[derive(Serialize)]
+struct ChatObserve {
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    ttft_seconds: Option<f64>,
+}
+
+impl SqlFunction for ChatObserve {
+    const NAME: &'static str = "keel_chat_observe";
+    type Output = Value;
+}
+
+/// After an answer, complete or not: the question and the answer stored
+/// with their citations and usage (the partial answer marked incomplete),
+/// and the metrics counted. Returns what the answer cost in all, the
+/// condensing call included. Failures are logged: the client already has
+/// the answer.
+pub async fn conclude(
+    db: &Db,
+    session: &ChatSession,
+    prepared: &Prepared,
+    question: &str,
+    outcome: &Outcome,
+    started: Instant,
+) -> Usage {
+    let usage = prepared.usage + outcome.usage;
+    let turn = RecordedTurn {
+        user: question.to_owned(),
+        answer: outcome.text.clone(),
+        citations: prepared.citations.clone(),
+        usage,
+        model: prepared.model.clone(),
+        incomplete: outcome.incomplete,
+    };
+    let observe = ChatObserve {
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: usage.completion_tokens,
+        ttft_seconds: outcome
+            .first_token_at
+            .map(|at| at.duration_since(started).as_secs_f64()),
+    };
+    let (recorded, observed) = tokio::join!(record_turn(db, session, &turn), db.run(&observe));
+    if let Err(error) = recorded {
+        tracing::error!(%error, conversation = %session.conversation_id, "storing the answer failed");
+    }
+    if let Err(error) = observed {
+        tracing::warn!(%error, "counting the answer's metrics failed");
+    }
+    usage
 }
 
 #[cfg(test)]

@@ -8,10 +8,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{AnswersError, Citation, Usage};
+use crate::knowledge::search::Mode;
 
-/// Messages a request may carry, and the longest conversation id.
+/// Messages a request may carry.
 pub const MAX_MESSAGES: usize = 200;
-pub const MAX_CONVERSATION_ID: usize = 128;
 /// The longest question, in characters.
 pub const MAX_QUESTION_CHARS: usize = 4_000;
 
@@ -32,13 +32,16 @@ pub fn event(data: &Value) -> Bytes {
 pub const DONE: &str = "data: [DONE]\n\n";
 
 /// `POST /api/chat`, as `useChat` (`DefaultChatTransport`) sends it; the
-/// widget's extra `body` fields may add `filter`.
+/// widget's extra `body` fields may add `filter` and `search_mode`.
 #[derive(Debug, Deserialize)]
 pub struct UiChatRequest {
     pub id: Option<String>,
     pub messages: Vec<UiMessage>,
     #[serde(default)]
     pub filter: Option<Map<String, Value>>,
+    /// Keel's: how to search (default hybrid).
+    #[serde(default)]
+    pub search_mode: Mode,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,8 +91,8 @@ impl UiChatRequest {
 }
 
 /// `POST /api/v1/chat/completions`: OpenAI's body, plus Keel's optional
-/// `filter` and `conversation_id` (Vapi's `call.id` names the conversation
-/// when neither is given).
+/// `filter`, `search_mode` and `conversation_id` (Vapi's `call.id` names the
+/// conversation when no `conversation_id` is given).
 #[derive(Debug, Deserialize)]
 pub struct CompletionsRequest {
     #[serde(default)]
@@ -109,6 +112,8 @@ pub struct CompletionsRequest {
     pub conversation_id: Option<String>,
     #[serde(default)]
     pub call: Option<Value>,
+    #[serde(default)]
+    pub search_mode: Mode,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -201,23 +206,6 @@ fn text_of(content: &Value) -> String {
             .collect::<Vec<_>>()
             .join("\n"),
         _ => String::new(),
-    }
-}
-
-/// A conversation id a client chose: bounded, printable, unambiguous.
-pub fn checked_conversation_id(id: &str) -> Result<&str, AnswersError> {
-    let valid = !id.is_empty()
-        && id.len() <= MAX_CONVERSATION_ID
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-    if valid {
-        Ok(id)
-    } else {
-        Err(AnswersError::invalid(
-            "id",
-            &format!("must be 1 to {MAX_CONVERSATION_ID} characters of letters, digits, - _ . :"),
-        ))
     }
 }
 
@@ -416,13 +404,5 @@ mod tests {
                 json!({"id": "call_1", "type": "function", "function": {"name": "book", "arguments": "{\"people\":2}"}})
             ]
         );
-    }
-
-    #[test]
-    fn conversation_ids_are_bounded_tokens() {
-        assert!(checked_conversation_id("chat_AbC-123").is_ok());
-        for bad in ["", "has space", "x/../y", &"a".repeat(129)] {
-            assert!(checked_conversation_id(bad).is_err(), "{bad}");
-        }
     }
 }
