@@ -60,7 +60,8 @@ fn words(text: &str) -> impl Iterator<Item = String> + '_ {
 }
 
 /// Up to two sentences sharing the most words with the question, in their
-/// original order (the first sentence when none shares any).
+/// original order (the first sentence when none shares any), each question
+/// with the sentence answering it.
 fn best_sentences(text: &str, terms: &HashSet<String>) -> String {
     let sentences = sentences(text);
     let mut scored: Vec<(usize, usize)> = sentences
@@ -81,12 +82,28 @@ fn best_sentences(text: &str, terms: &HashSet<String>) -> String {
     if chosen.is_empty() && !sentences.is_empty() {
         chosen.push(0);
     }
-    chosen.sort_unstable();
-    let quote = chosen
+    // In a FAQ the sentence that shares the question's words is often the
+    // question itself: the answer is the sentence after it.
+    let answers: Vec<usize> = chosen
         .iter()
-        .map(|&position| sentences[position])
-        .collect::<Vec<_>>()
-        .join(" … ");
+        .filter(|&&position| sentences[position].ends_with('?') && position + 1 < sentences.len())
+        .map(|position| position + 1)
+        .collect();
+    chosen.extend(answers);
+    chosen.sort_unstable();
+    chosen.dedup();
+    // Neighbours read on; a gap between quoted sentences is marked.
+    let mut quote = String::new();
+    for (n, &position) in chosen.iter().enumerate() {
+        if n > 0 {
+            quote.push_str(if position == chosen[n - 1] + 1 {
+                " "
+            } else {
+                " … "
+            });
+        }
+        quote.push_str(sentences[position]);
+    }
     truncate(&quote, MAX_QUOTE_CHARS)
 }
 
@@ -151,6 +168,17 @@ mod tests {
             "every passage found is cited: {answer}"
         );
         assert!(!answer.contains("Desserts"), "{answer}");
+    }
+
+    #[test]
+    fn a_faq_question_is_quoted_with_its_answer() {
+        let faq = passage("Do you have vegan options? Yes: the chickpea curry. Parking is free.");
+        let answer = answer("Do you have vegan options?", &[faq], false).concat();
+        assert!(
+            answer.contains("> Do you have vegan options? Yes: the chickpea curry. [1]"),
+            "{answer}"
+        );
+        assert!(!answer.contains("Parking"), "{answer}");
     }
 
     #[test]
