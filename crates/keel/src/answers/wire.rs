@@ -14,6 +14,9 @@ use crate::knowledge::search::Mode;
 pub const MAX_MESSAGES: usize = 200;
 /// The longest question, in characters.
 pub const MAX_QUESTION_CHARS: usize = 4_000;
+/// The longest earlier message, in characters: the prompt budget drops old
+/// turns, but counting a turn's tokens must itself stay cheap.
+pub const MAX_MESSAGE_CHARS: usize = 32_000;
 
 /// Headers of a UI message stream response (the `ai` package's
 /// `UI_MESSAGE_STREAM_HEADERS`).
@@ -80,6 +83,9 @@ impl UiChatRequest {
                 "the last message must be the user's",
             ));
         }
+        for (index, message) in earlier.iter().enumerate() {
+            check_length(index, message.text().chars().count())?;
+        }
         let history = earlier
             .iter()
             .filter(|m| matches!(m.role.as_str(), "user" | "assistant"))
@@ -138,6 +144,7 @@ impl CompletionsRequest {
                     "must be system, developer, user, assistant or tool",
                 ));
             }
+            check_length(index, message["content"].to_string().chars().count())?;
         }
         if let Some(tools) = &self.tools
             && !tools.is_array()
@@ -173,6 +180,16 @@ fn check_count(count: usize) -> Result<(), AnswersError> {
         return Err(AnswersError::invalid(
             "messages",
             &format!("must hold at most {MAX_MESSAGES} messages"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_length(index: usize, chars: usize) -> Result<(), AnswersError> {
+    if chars > MAX_MESSAGE_CHARS {
+        return Err(AnswersError::invalid(
+            &format!("messages[{index}].content"),
+            &format!("must be at most {MAX_MESSAGE_CHARS} characters"),
         ));
     }
     Ok(())
@@ -350,6 +367,14 @@ mod tests {
                 json!({"messages": [{"role": "user", "parts": [{"type": "text", "text": "x".repeat(MAX_QUESTION_CHARS + 1)}]}]}),
                 "messages",
                 "a question too long to search",
+            ),
+            (
+                json!({"messages": [
+                    {"role": "assistant", "parts": [{"type": "text", "text": "x".repeat(MAX_MESSAGE_CHARS + 1)}]},
+                    {"role": "user", "parts": [{"type": "text", "text": "and?"}]}
+                ]}),
+                "messages[0].content",
+                "an earlier turn too long to count cheaply",
             ),
         ];
         for (body, field, reason) in cases {
