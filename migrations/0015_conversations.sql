@@ -394,7 +394,9 @@ as $$
                             'per_visitor_per_minute', k.per_visitor_per_minute, 'created_at', k.created_at);
 $$;
 
--- A new publishable key; at most `max_active` live keys per tenant.
+-- A new publishable key; at most `max_active` live keys per tenant. Takes
+-- args->'idempotency' like the other credential-creating functions (0014):
+-- a retry with the same Idempotency-Key replays the key the first call made.
 create or replace function public.keel_create_publishable_key(args jsonb) returns jsonb
 language plpgsql
 security definer
@@ -402,8 +404,13 @@ set search_path = keel, pg_catalog
 as $$
 declare
   v_tenant uuid := keel.resolve_tenant(args);
+  v_scope text := 'tenant:' || v_tenant;
   v_key keel.publishable_keys;
+  v_replay jsonb := keel.idempotency_claim(v_scope, 'publishable_keys.create', args);
 begin
+  if v_replay is not null then
+    return v_replay;
+  end if;
   -- Serialises creations per tenant, so the count below cannot be raced.
   perform 1 from keel.tenants t where t.id = v_tenant for update;
   if (select count(*) from keel.publishable_keys k where k.tenant_id = v_tenant and k.revoked_at is null)
@@ -419,7 +426,7 @@ begin
   returning * into v_key;
   perform keel.audit(args, 'publishable_key.create', v_key.id::text, v_tenant,
                      jsonb_build_object('prefix', v_key.prefix, 'allowed_origins', args->'allowed_origins'));
-  return keel.publishable_key_json(v_key);
+  return keel.idempotency_store(v_scope, 'publishable_keys.create', args, keel.publishable_key_json(v_key));
 end $$;
 
 -- The tenant's live publishable keys, newest first (at most 50 exist).
@@ -476,6 +483,40 @@ as $$
     else a end;
 $$;
 
+-- The quotas of a call presenting a publishable key (p_args->>
+-- 'publishable_key_hash'): one request from the visitor's quota (its token
+-- hash once issued for the key, else the client address), then from the
+-- key's; narrowest first, so a visitor over its quota spends nothing of the
+-- key's. {tenant_id, quota: the tightest of the two}, a refusal's
+-- {quota}, or null for a key that is unknown or revoked.
+create or replace function keel.take_publishable_quotas(p_args jsonb, p_ip text) returns jsonb
+language plpgsql
+set search_path = keel, pg_catalog
+as $$
+declare
+  v_key keel.publishable_keys;
+  v_visitor text;
+  v_quota jsonb;
+  v_key_quota jsonb;
+begin
+  select * into v_key from keel.publishable_keys k
+  where k.key_hash = p_args->>'publishable_key_hash' and k.revoked_at is null;
+  if v_key.id is null then
+    return null;
+  end if;
+  v_visitor := case when keel.known_visitor(v_key.id, p_args->>'visitor_token_hash')
+                    then 'visitor:' || (p_args->>'visitor_token_hash')
+                    else 'address:' || p_ip end;
+  if v_visitor is not null then
+    v_quota := keel.take_quota('publishable:' || v_key.id || ':' || v_visitor, v_key.per_visitor_per_minute, 60);
+    if not (v_quota->>'allowed')::boolean then
+      return jsonb_build_object('quota', v_quota);
+    end if;
+  end if;
+  v_key_quota := keel.take_quota('publishable:' || v_key.id, v_key.per_minute, 60);
+  return jsonb_build_object('tenant_id', v_key.tenant_id, 'quota', keel.tightest_quota(v_quota, v_key_quota));
+end $$;
+
 -- keel_gated (0010) with one more `per`: `publishable`. The call presents a
 -- publishable key (args->'args'->>'publishable_key_hash'); one request is
 -- taken from the visitor's quota (its token hash once issued for the key,
@@ -502,8 +543,6 @@ declare
   v_subject text;
   v_quota jsonb;
   v_narrow jsonb;
-  v_key keel.publishable_keys;
-  v_visitor text;
   v_result jsonb;
   v_failed boolean := false;
   v_state text;
@@ -531,31 +570,18 @@ begin
     end if;
     v_subject := coalesce(v_subject, 'address:' || v_ip);
   elsif v_per = 'publishable' then
-    select * into v_key from keel.publishable_keys k
-    where k.key_hash = args->'args'->>'publishable_key_hash' and k.revoked_at is null;
-    if v_key.id is null then
+    v_narrow := keel.take_publishable_quotas(args->'args', v_ip);
+    if v_narrow is null then
       v_state := 'PT401';
       v_message := 'missing or invalid credentials';
       v_failed := true;
       v_subject := 'address:' || v_ip;
+    elsif not (v_narrow->'quota'->>'allowed')::boolean then
+      perform keel.bump('rate_limited_' || v_scope);
+      return jsonb_build_object('quota', v_narrow->'quota');
     else
-      v_visitor := case when keel.known_visitor(v_key.id, args->'args'->>'visitor_token_hash')
-                        then 'visitor:' || (args->'args'->>'visitor_token_hash')
-                        else 'address:' || v_ip end;
-      if v_visitor is not null then
-        v_narrow := keel.take_quota('publishable:' || v_key.id || ':' || v_visitor, v_key.per_visitor_per_minute, 60);
-        if not (v_narrow->>'allowed')::boolean then
-          perform keel.bump('rate_limited_' || v_scope);
-          return jsonb_build_object('quota', v_narrow);
-        end if;
-      end if;
-      v_narrow := keel.tightest_quota(v_narrow,
-                    keel.take_quota('publishable:' || v_key.id, v_key.per_minute, 60));
-      if not (v_narrow->>'allowed')::boolean then
-        perform keel.bump('rate_limited_' || v_scope);
-        return jsonb_build_object('quota', v_narrow);
-      end if;
-      v_subject := v_key.tenant_id::text;
+      v_subject := v_narrow->>'tenant_id';
+      v_narrow := v_narrow->'quota';
     end if;
   else
     begin
@@ -571,8 +597,11 @@ begin
 
   -- Nothing to count by only when the caller knows no client address.
   if v_subject is not null then
-    v_quota := keel.tightest_quota(
-      keel.take_quota(v_scope || ':' || v_subject, (v_limit->>'per_minute')::int, 60), v_narrow);
+    -- Each quota is taken once, into a variable, before any comparison.
+    v_quota := keel.take_quota(v_scope || ':' || v_subject, (v_limit->>'per_minute')::int, 60);
+    if v_narrow is not null then
+      v_quota := keel.tightest_quota(v_quota, v_narrow);
+    end if;
     if not (v_quota->>'allowed')::boolean then
       perform keel.bump('rate_limited_' || v_scope);
       return jsonb_build_object('quota', v_quota);

@@ -562,3 +562,34 @@ async fn publishable_quotas_hold_per_visitor_then_per_key() {
     // The tenant's own key is not held back by its widget's quota.
     begin(&app, &secret(&tenant_key), None).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_retried_key_creation_with_its_idempotency_key_gets_the_same_key() {
+    let app = spawn_app().await;
+    let tenant_key = app.create_tenant("joes-diner").await;
+    let create = || {
+        app.client
+            .post(app.url("/api/publishable-keys"))
+            .bearer_auth(&tenant_key)
+            .header("idempotency-key", "widget-2026-12")
+            .json(&json!({"allowed_origins": [SHOP]}))
+            .send()
+    };
+
+    let first = create().await.unwrap();
+    assert_eq!(first.status(), 201);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+    let retried = create().await.unwrap();
+    assert_eq!(retried.status(), 201);
+    assert_eq!(retried.headers()["idempotent-replayed"], "true");
+    let retried: Value = retried.json().await.unwrap();
+
+    assert_eq!(retried["key"], first["key"], "the key the first call made");
+    assert_eq!(retried["id"], first["id"]);
+    assert_eq!(
+        app.count("select count(*) from keel.publishable_keys")
+            .await,
+        1
+    );
+}

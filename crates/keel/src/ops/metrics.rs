@@ -255,6 +255,7 @@ fn families(config: &Config, snapshot: &Snapshot) -> Vec<Family> {
         time_to_first_token(&counter),
         [
             Scope::Search,
+            Scope::Chat,
             Scope::Tenant,
             Scope::Anonymous,
             Scope::Webhook,

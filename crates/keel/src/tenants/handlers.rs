@@ -20,7 +20,7 @@ use crate::app::App;
 use crate::ops::idempotency;
 use crate::web::auth;
 use crate::web::{
-    ApiError, ApiRequest, HandlerResult, idempotent_response, json_of, json_response, page_response,
+    ApiError, ApiRequest, HandlerResult, idempotent_response, json_of, page_response,
 };
 
 #[derive(Deserialize)]
@@ -189,7 +189,7 @@ pub async fn publishable_keys(app: Arc<App>, request: ApiRequest) -> HandlerResu
 
 /// `POST /api/publishable-keys` `{"allowed_origins", "filter"?, "per_minute"?,
 /// "per_visitor_per_minute"?}`: a `keel_pk_` key for the tenant's chat
-/// widget, shown once.
+/// widget, shown once. Takes `Idempotency-Key`.
 async fn create_publishable_key(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     let tenant = auth::tenant(&request)?;
     let body: CreatePublishableKeyRequest = request.json()?;
@@ -236,7 +236,9 @@ async fn create_publishable_key(app: Arc<App>, request: ApiRequest) -> HandlerRe
             ));
         }
     }
+    let idempotency_key = request.idempotency_key()?;
     let key = publishable::issue();
+    let idempotency = idempotency::claim(idempotency_key.as_ref(), &app.config, &key.key)?;
     let created = tenant
         .run(
             &app.db,
@@ -249,12 +251,19 @@ async fn create_publishable_key(app: Arc<App>, request: ApiRequest) -> HandlerRe
                 per_visitor_per_minute: body.per_visitor_per_minute,
                 max_active: MAX_ACTIVE_KEYS,
                 audit: &request.audit(&auth::tenant_actor(&request)),
+                idempotency,
             },
         )
-        .await?;
-    let mut response = serde_json::to_value(&created).map_err(|e| ApiError::internal(e.into()))?;
-    response["key"] = json!(key.key);
-    Ok(json_response(StatusCode::CREATED, &response))
+        .await?
+        .resolve(&app.config, key.key)?;
+    let mut response =
+        serde_json::to_value(&created.result).map_err(|e| ApiError::internal(e.into()))?;
+    response["key"] = json!(created.credential);
+    Ok(idempotent_response(
+        StatusCode::CREATED,
+        &response,
+        created.replayed,
+    ))
 }
 
 /// `DELETE /api/publishable-keys/{id}`: the key stops working at once.

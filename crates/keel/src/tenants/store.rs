@@ -105,11 +105,14 @@ pub struct CreatePublishableKey<'a> {
     pub per_visitor_per_minute: u32,
     pub max_active: u32,
     pub audit: &'a Audit,
+    /// With `Idempotency-Key`: the claim, holding the sealed key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<Claim>,
 }
 
 impl SqlFunction for CreatePublishableKey<'_> {
     const NAME: &'static str = "keel_create_publishable_key";
-    type Output = PublishableKey;
+    type Output = Idempotent<PublishableKey>;
 }
 
 /// `keel_list_publishable_keys`: the tenant's live keys, newest first.
