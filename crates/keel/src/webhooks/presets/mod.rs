@@ -263,9 +263,11 @@ fn string_field(payload: &Value, field: &str) -> Result<String, Rejection> {
         })
 }
 
-/// The bytes of a hex string (either case), if it is one.
+/// The bytes of a lowercase hex string, if it is one: the SDKs compare the
+/// hex text itself, so an uppercase copy is not the same signature.
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) {
+    let lowercase = hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !lowercase || !hex.len().is_multiple_of(2) {
         return None;
     }
     (0..hex.len())

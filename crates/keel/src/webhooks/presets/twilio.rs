@@ -40,7 +40,7 @@ pub fn verify(secrets: &[String], delivery: &Delivery) -> Result<Verified, Rejec
         Some(expected) => {
             let matches: bool = body_digest(delivery.body)
                 .as_bytes()
-                .ct_eq(expected.to_ascii_lowercase().as_bytes())
+                .ct_eq(expected.as_bytes())
                 .into();
             if !matches {
                 return Err(Rejection::Forged("X-Twilio-Signature"));

@@ -69,11 +69,7 @@ pub fn verify(secrets: &[String], delivery: &Delivery) -> Result<Verified, Rejec
         .get("payload_hash")
         .and_then(Value::as_str)
         .ok_or(FORGED)?;
-    if !bool::from(
-        body_digest(delivery.body)
-            .as_bytes()
-            .ct_eq(hash.to_ascii_lowercase().as_bytes()),
-    ) {
+    if !bool::from(body_digest(delivery.body).as_bytes().ct_eq(hash.as_bytes())) {
         return Err(FORGED);
     }
     let issued_at = claims.get("iat").and_then(Value::as_i64).ok_or(FORGED)?;
