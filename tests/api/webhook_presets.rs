@@ -9,7 +9,8 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, error_body, repo_root, spawn_app_with};
+use crate::helpers::{TestApp, error_body, openai_vars, repo_root, spawn_app_with};
+use crate::support::FakeOpenAi;
 
 const PUBLIC_BASE_URL: &str = "https://keel.example.com";
 
@@ -833,4 +834,184 @@ async fn twilio_json_deliveries_verify_behind_the_vercel_rewrite() {
             .await,
         1
     );
+}
+
+/// A restaurant's menu and FAQ (and, elsewhere, a clinic that also says "vegan").
+async fn restaurant_with_a_vapi_endpoint(app: &TestApp) -> (String, String) {
+    let restaurant = app.create_tenant("joes-diner").await;
+    let clinic = app.create_tenant("city-clinic").await;
+    let menu = json!([
+        {"id": "menu", "title": "Dinner menu",
+         "content": "Mains: ribeye steak with fries, grilled salmon with butter sauce. Vegan dishes: chickpea curry, falafel wrap and a grilled vegetable platter, all fully plant-based."},
+        {"id": "hours", "title": "Opening hours",
+         "content": "We are open from noon to 11pm, Tuesday to Sunday. Closed on Mondays."}
+    ]);
+    let clinic_docs = json!([
+        {"id": "vaccines", "title": "Vaccines", "content": "Vegan patients can ask about gelatin-free vaccines."}
+    ]);
+    assert_eq!(app.put_documents(&restaurant, menu).await.status(), 200);
+    assert_eq!(app.put_documents(&clinic, clinic_docs).await.status(), 200);
+    let report = app.run_embedding_cron().await;
+    assert_eq!(report["remaining"], 0, "{report}");
+    let (endpoint, secret) = endpoint(app, &restaurant, "vapi", None).await;
+    (endpoint, secret)
+}
+
+async fn vapi_says(
+    app: &TestApp,
+    endpoint: &str,
+    secret: &str,
+    message: Value,
+) -> reqwest::Response {
+    app.client
+        .post(app.url(&format!("/api/webhooks/{endpoint}")))
+        .header("X-Vapi-Secret", secret)
+        .json(&json!({"message": message}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_vapi_tool_call_about_vegan_dishes_gets_the_menu_passage_back_in_vapis_shape() {
+    let (_, url) = FakeOpenAi::start().await;
+    let app = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
+    let (endpoint, secret) = restaurant_with_a_vapi_endpoint(&app).await;
+    let message = json!({
+        "type": "tool-calls",
+        "call": {"id": "call_1"},
+        "toolCallList": [
+            {"id": "tc_flat", "name": "search_knowledge", "arguments": {"query": "vegan dishes"}},
+            {"id": "tc_openai", "type": "function",
+             "function": {"name": "search_knowledge", "arguments": "{\"query\":\"vegan dishes\"}"}},
+            {"id": "tc_other", "name": "book_table", "arguments": {}},
+            {"id": "tc_no_query", "name": "search_knowledge", "arguments": {}}
+        ]
+    });
+
+    let response = vapi_says(&app, &endpoint, &secret, message.clone()).await;
+
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4);
+    for answered in &results[..2] {
+        assert_eq!(answered["name"], "search_knowledge");
+        let passage = answered["result"].as_str().unwrap();
+        assert!(passage.contains("chickpea curry"), "{passage}");
+        assert!(!passage.contains("gelatin"), "never another tenant's words");
+    }
+    assert_eq!(results[0]["toolCallId"], "tc_flat");
+    assert_eq!(results[1]["toolCallId"], "tc_openai");
+    assert!(
+        results[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("search_knowledge")
+    );
+    assert!(results[3]["error"].as_str().unwrap().contains("query"));
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries")
+            .await,
+        1
+    );
+
+    // Vapi retrying the same message: stored once, answered again.
+    let again = vapi_says(&app, &endpoint, &secret, message).await;
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["results"][0]["result"], results[0]["result"]);
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries")
+            .await,
+        1
+    );
+
+    // And forged: nothing answered, nothing stored.
+    let forged = vapi_says(
+        &app,
+        &endpoint,
+        "not-the-secret",
+        json!({"type": "tool-calls",
+        "call": {"id": "call_2"}, "toolCallList": [{"id": "x", "name": "search_knowledge",
+        "arguments": {"query": "vegan"}}]}),
+    )
+    .await;
+    assert_eq!(forged.status(), 401);
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_vapi_knowledge_base_request_gets_documents_for_what_the_caller_said_last() {
+    let (_, url) = FakeOpenAi::start().await;
+    let app = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
+    let (endpoint, secret) = restaurant_with_a_vapi_endpoint(&app).await;
+
+    let response = vapi_says(
+        &app,
+        &endpoint,
+        &secret,
+        json!({
+            "type": "knowledge-base-request",
+            "call": {"id": "call_1"},
+            "timestamp": 1764669600000i64,
+            "messages": [
+                {"role": "user", "content": "When are you open?"},
+                {"role": "assistant", "content": "Noon to 11pm."},
+                {"role": "user", "content": "Which vegan dishes do you have?"}
+            ]
+        }),
+    )
+    .await;
+
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let documents = body["documents"].as_array().unwrap();
+    assert_eq!(documents[0]["uuid"], "menu", "{body}");
+    assert!(
+        documents[0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("falafel")
+    );
+    assert!(documents[0]["similarity"].is_number());
+    assert!(documents.iter().all(|d| d["uuid"] != "vaccines"));
+}
+
+/// How long a voice agent waits on `search_knowledge`, measured end to end
+/// over loopback HTTP (verification, storage, search, reply); the query
+/// vector is cached after the first call.
+#[tokio::test]
+async fn tool_call_latency_with_the_query_vector_cached() {
+    let (_, url) = FakeOpenAi::start().await;
+    let app = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
+    let (endpoint, secret) = restaurant_with_a_vapi_endpoint(&app).await;
+    let mut took = Vec::new();
+    for i in 0..60 {
+        let started = std::time::Instant::now();
+        let response = vapi_says(
+            &app,
+            &endpoint,
+            &secret,
+            json!({
+                "type": "tool-calls", "call": {"id": format!("call_{i}")},
+                "toolCallList": [{"id": format!("tc_{i}"), "name": "search_knowledge",
+                                  "arguments": {"query": "vegan dishes"}}]
+            }),
+        )
+        .await;
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+        if i >= 10 {
+            took.push(started.elapsed().as_millis());
+        }
+    }
+    took.sort();
+    let p50 = took[took.len() / 2];
+    let p95 = took[took.len() * 95 / 100];
+    eprintln!("search_knowledge tool call over HTTP: p50 {p50} ms, p95 {p95} ms (50 calls)");
+    assert!(p95 < 2_000, "p95 {p95} ms");
 }

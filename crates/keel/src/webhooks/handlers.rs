@@ -16,8 +16,10 @@ use super::endpoints::{
 };
 use super::intake::{self, Arrival};
 use super::presets::Verification;
+use super::replies;
 use super::store::ListWebhookDeliveries;
 use crate::app::App;
+use crate::tenants::TenantRef;
 use crate::web::auth;
 use crate::web::{
     ApiError, ApiRequest, HandlerResult, idempotent_response, json_response, page_response,
@@ -234,7 +236,8 @@ pub async fn rotate_secret(app: Arc<App>, request: ApiRequest) -> HandlerResult 
 }
 
 /// `POST /api/webhooks/{id}`: 200 once stored, in the shape the sender
-/// expects (an empty TwiML document for Twilio, JSON otherwise).
+/// expects (Vapi's reply to a message it waits on, an empty TwiML document
+/// for Twilio, JSON otherwise).
 pub async fn receive(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     let received = intake::receive(
         &app.db,
@@ -248,6 +251,14 @@ pub async fn receive(app: Arc<App>, request: ApiRequest) -> HandlerResult {
         },
     )
     .await?;
+    if received.verification == Verification::Vapi {
+        // A call is waiting on tool calls and knowledge-base requests.
+        let tenant = TenantRef::Trusted(received.tenant_id.clone());
+        let message = &received.event.payload["message"];
+        if let Some(reply) = replies::reply(&app.db, &app.knowledge, &tenant, message).await {
+            return Ok(json_response(StatusCode::OK, &reply));
+        }
+    }
     if received.verification == Verification::Twilio {
         // Twilio reads the reply as TwiML; an empty one sends nothing back.
         let mut response = Response::new(Bytes::from_static(EMPTY_TWIML.as_bytes()));

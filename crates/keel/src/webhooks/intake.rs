@@ -22,6 +22,8 @@ pub struct Arrival<'a> {
 
 /// A delivery stored (or found to be a duplicate), with what it said.
 pub struct Received {
+    /// The endpoint's tenant, whose knowledge answers a sender that waits.
+    pub tenant_id: String,
     pub verification: Verification,
     pub event: Verified,
     pub accepted: Accepted,
@@ -64,6 +66,7 @@ pub async fn receive(
             match accepted.refused {
                 Some(refused) => Err(WebhookError::OverQuota(refused)),
                 None => Ok(Received {
+                    tenant_id: endpoint.tenant_id,
                     verification: endpoint.verification,
                     event,
                     accepted,

@@ -9,6 +9,8 @@
 //!   its processing enqueued in one transaction before the 200; a
 //!   redelivery is a duplicate; a forged, stale or malformed one stores
 //!   nothing.
+//! - [`replies`]: a Vapi call waiting on a tool call or a knowledge-base
+//!   request is answered from the tenant's knowledge in the response.
 //! - [`processing`] (task `webhook.process`) keeps a tenant's documents in
 //!   sync; [`reconcile`] (task `webhook.reconcile`) pulls an endpoint's
 //!   `pull_url` for events it missed.
@@ -19,6 +21,7 @@ pub mod intake;
 pub mod presets;
 pub mod processing;
 pub mod reconcile;
+pub mod replies;
 pub mod signatures;
 pub mod store;
 
