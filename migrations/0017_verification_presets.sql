@@ -106,6 +106,22 @@ begin
   return jsonb_build_object('verification', v_verification);
 end $$;
 
+-- As in 0012, with the endpoint's `verification`: a Shopify endpoint's
+-- `products/update` is a catalogue change, another sender's is its own.
+create or replace function public.keel_webhook_delivery(args jsonb) returns jsonb
+language sql
+stable
+security definer
+set search_path = keel, pg_catalog
+as $$
+  select jsonb_build_object('id', d.id, 'tenant_id', d.tenant_id, 'webhook_id', d.webhook_id,
+                            'event_type', d.event_type, 'payload', d.payload, 'status', d.status,
+                            'event_at', d.event_at, 'verification', e.verification)
+  from keel.webhook_deliveries d
+  join keel.webhook_endpoints e on e.id = d.endpoint_id
+  where d.id = (args->>'id')::bigint and d.tenant_id = keel.resolve_tenant(args);
+$$;
+
 -- Search for a trusted caller: a Vapi call waiting on a `search_knowledge`
 -- tool call is answered from the knowledge of the endpoint's tenant, which
 -- intake read from the database (never from the sender). As 0009's

@@ -52,11 +52,11 @@ def sign(c):
         assert razorpay.Client(auth=("key", "secret")).utility.verify_webhook_signature(body, signature, secret)
         return {"X-Razorpay-Signature": signature, "X-Razorpay-Event-Id": c["id"]}
     if preset == "shopify":
-        return {"X-Shopify-Hmac-Sha256": b64(mac.digest()), "X-Shopify-Topic": "products/update",
+        return {"X-Shopify-Hmac-Sha256": b64(mac.digest()), "X-Shopify-Topic": c.get("topic", "products/update"),
                 "X-Shopify-Shop-Domain": "tofu.myshopify.com", "X-Shopify-API-Version": "2026-10",
                 "X-Shopify-Webhook-Id": c["id"], "X-Shopify-Event-Id": c["id"]}
     if preset == "woocommerce":
-        return {"X-WC-Webhook-Signature": b64(mac.digest()), "X-WC-Webhook-Topic": "product.updated",
+        return {"X-WC-Webhook-Signature": b64(mac.digest()), "X-WC-Webhook-Topic": c.get("topic", "product.updated"),
                 "X-WC-Webhook-Delivery-ID": c["id"], "X-WC-Webhook-Source": "https://tofu.example/"}
     if preset == "github":
         return {"X-Hub-Signature-256": "sha256=" + mac.hexdigest(), "X-GitHub-Delivery": c["id"],
@@ -108,6 +108,8 @@ fn python(script: &str, args: &[&str]) -> String {
 /// body, the event id and the time it claims.
 struct Signing {
     signer: &'static str,
+    /// The shop's event topic, for Shopify and WooCommerce.
+    topic: Option<&'static str>,
     secret: String,
     body: String,
     url: String,
@@ -122,8 +124,12 @@ async fn sign_all(signings: &[Signing]) -> Vec<Headers> {
     let specs: Vec<Value> = signings
         .iter()
         .map(|s| {
-            json!({"preset": s.signer, "secret": s.secret, "body": s.body, "url": s.url,
-                   "id": s.id, "timestamp": s.timestamp})
+            let mut spec = json!({"preset": s.signer, "secret": s.secret, "body": s.body,
+                                  "url": s.url, "id": s.id, "timestamp": s.timestamp});
+            if let Some(topic) = s.topic {
+                spec["topic"] = json!(topic);
+            }
+            spec
         })
         .collect();
     let specs = Value::Array(specs).to_string();
@@ -237,6 +243,7 @@ async fn deliveries_are_judged(preset: Preset) {
     };
     let signing = |id: &str, secret: &str, timestamp: i64| Signing {
         signer: preset.signer,
+        topic: None,
         secret: secret.to_owned(),
         body: body(id),
         url: url.clone(),
@@ -628,6 +635,7 @@ async fn a_providers_new_secret_verifies_at_once_and_its_old_one_during_the_grac
     let event = |id: &str| format!(r#"{{"id":"{id}","type":"invoice.paid","created":{now}}}"#);
     let signing = |id: &str, secret: &str| Signing {
         signer: "stripe",
+        topic: None,
         secret: secret.to_owned(),
         body: event(id),
         url: String::new(),
@@ -1014,4 +1022,171 @@ async fn tool_call_latency_with_the_query_vector_cached() {
     let p95 = took[took.len() * 95 / 100];
     eprintln!("search_knowledge tool call over HTTP: p50 {p50} ms, p95 {p95} ms (50 calls)");
     assert!(p95 < 2_000, "p95 {p95} ms");
+}
+
+/// Sends a shop's product event, signed as the shop signs it, and runs the queue.
+async fn shop_event(
+    app: &TestApp,
+    endpoint: &str,
+    (signer, secret): (&'static str, &str),
+    (topic, id): (&'static str, &str),
+    product: Value,
+) {
+    let body = product.to_string();
+    let headers = sign_all(&[Signing {
+        signer,
+        topic: Some(topic),
+        secret: secret.to_owned(),
+        body: body.clone(),
+        url: String::new(),
+        id: id.to_owned(),
+        timestamp: 0,
+    }])
+    .await;
+    let response = post(app, endpoint, &headers[0], &body).await;
+    assert_eq!(response.status(), 200, "{topic} {id}");
+    let report = app.run_cron("/api/cron/tasks").await;
+    assert_eq!(report["failed"], 0, "{report}");
+    app.run_embedding_cron().await;
+}
+
+async fn product_hits(app: &TestApp, key: &str, query: &str) -> Vec<Value> {
+    let response = app.search(key, json!({"query": query, "top_k": 5})).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    body["results"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_shopify_product_webhook_makes_the_product_searchable_and_the_newest_event_wins() {
+    let (_, url) = FakeOpenAi::start().await;
+    let app = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
+    let key = app.create_tenant("tofu").await;
+    let app_secret = "shpss_0123456789abcdef0123456789abcdef";
+    let (endpoint, _) = endpoint(&app, &key, "shopify", Some(app_secret)).await;
+    let shopify = ("shopify", app_secret);
+    let product = |title: &str, updated_at: &str| {
+        json!({"id": 632910392, "title": title, "handle": "tofu-bowl", "status": "active",
+               "body_html": "<p>Silken tofu, rice and <b>sesame</b>.</p>",
+               "updated_at": updated_at,
+               "variants": [{"title": "Large", "price": "12.50", "sku": "TB-L"}]})
+    };
+
+    shop_event(
+        &app,
+        &endpoint,
+        shopify,
+        ("products/create", "e1"),
+        product("Tofu bowl", "2026-12-02T10:00:00-05:00"),
+    )
+    .await;
+
+    let hits = product_hits(&app, &key, "tofu bowl sesame").await;
+    assert_eq!(
+        hits[0]["document_id"],
+        "shopify/tofu.myshopify.com/products/632910392"
+    );
+    assert_eq!(
+        hits[0]["source_url"],
+        "https://tofu.myshopify.com/products/tofu-bowl"
+    );
+    assert_eq!(hits[0]["metadata"]["price"], "12.50");
+    assert!(
+        hits[0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Large: 12.50")
+    );
+
+    // An older update delivered late changes nothing; a newer one applies.
+    shop_event(
+        &app,
+        &endpoint,
+        shopify,
+        ("products/update", "e0"),
+        product("Old tofu bowl", "2026-12-02T09:00:00-05:00"),
+    )
+    .await;
+    assert_eq!(
+        product_hits(&app, &key, "tofu bowl").await[0]["title"],
+        "Tofu bowl"
+    );
+    shop_event(
+        &app,
+        &endpoint,
+        shopify,
+        ("products/update", "e2"),
+        product("Tofu bowl deluxe", "2026-12-02T11:00:00-05:00"),
+    )
+    .await;
+    assert_eq!(
+        product_hits(&app, &key, "tofu bowl").await[0]["title"],
+        "Tofu bowl deluxe"
+    );
+
+    shop_event(
+        &app,
+        &endpoint,
+        shopify,
+        ("products/delete", "e3"),
+        json!({"id": 632910392}),
+    )
+    .await;
+    assert!(
+        product_hits(&app, &key, "tofu bowl sesame")
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        app.count("select count(*) from keel.webhook_deliveries where status = 'processed'")
+            .await,
+        4
+    );
+}
+
+#[tokio::test]
+async fn a_woocommerce_product_webhook_makes_the_product_searchable_until_it_is_deleted() {
+    let (_, url) = FakeOpenAi::start().await;
+    let app = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
+    let key = app.create_tenant("tofu").await;
+    let (endpoint, secret) = endpoint(&app, &key, "woocommerce", None).await;
+    let woo = ("woocommerce", secret.as_str());
+
+    shop_event(
+        &app,
+        &endpoint,
+        woo,
+        ("product.created", "d1"),
+        json!({
+            "id": 19, "name": "Tofu bowl", "status": "publish", "price": "9.00",
+            "permalink": "https://tofu.example/product/tofu-bowl/",
+            "description": "<p>Silken tofu, rice and sesame.</p>",
+            "date_modified_gmt": "2026-12-02T10:00:00"
+        }),
+    )
+    .await;
+
+    let hits = product_hits(&app, &key, "tofu bowl sesame").await;
+    assert_eq!(
+        hits[0]["document_id"],
+        "woocommerce/tofu.example/products/19"
+    );
+    assert_eq!(
+        hits[0]["source_url"],
+        "https://tofu.example/product/tofu-bowl/"
+    );
+
+    shop_event(
+        &app,
+        &endpoint,
+        woo,
+        ("product.deleted", "d2"),
+        json!({"id": 19}),
+    )
+    .await;
+    assert!(
+        product_hits(&app, &key, "tofu bowl sesame")
+            .await
+            .is_empty()
+    );
 }

@@ -15,6 +15,7 @@
 //!   sync; [`reconcile`] (task `webhook.reconcile`) pulls an endpoint's
 //!   `pull_url` for events it missed.
 
+pub mod catalogue;
 pub mod endpoints;
 pub mod handlers;
 pub mod intake;

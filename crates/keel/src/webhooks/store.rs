@@ -166,6 +166,8 @@ pub struct Delivery {
     pub id: i64,
     pub event_type: String,
     pub payload: Value,
+    /// How its endpoint verifies deliveries: what its event types mean.
+    pub verification: Verification,
 }
 
 impl SqlFunction for WebhookDelivery {

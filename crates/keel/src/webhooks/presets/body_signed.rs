@@ -84,7 +84,9 @@ pub fn shopify(secrets: &[String], delivery: &Delivery) -> Result<Verified, Reje
         .get("updated_at")
         .and_then(Value::as_str)
         .and_then(rfc3339)
-        .or(optional_header(delivery.headers, "x-shopify-triggered-at")?.and_then(rfc3339));
+        .or(optional_header(delivery.headers, "x-shopify-triggered-at")?.and_then(rfc3339))
+        // A deletion carries only the id: it happened by the time it arrived.
+        .or_else(|| unix_rfc3339(delivery.now));
     Ok(Verified {
         webhook_id,
         event_type: topic,
@@ -123,7 +125,9 @@ pub fn woocommerce(secrets: &[String], delivery: &Delivery) -> Result<Verified, 
     let event_at = data
         .get("date_modified_gmt")
         .and_then(Value::as_str)
-        .and_then(|t| rfc3339(&format!("{t}Z")));
+        .and_then(|t| rfc3339(&format!("{t}Z")))
+        // A deletion carries only the id: it happened by the time it arrived.
+        .or_else(|| unix_rfc3339(delivery.now));
     Ok(Verified {
         webhook_id,
         event_type: topic,
