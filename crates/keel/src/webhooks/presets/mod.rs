@@ -22,8 +22,6 @@ use time::format_description::well_known::Rfc3339;
 
 use super::signatures::{self, Rejection, SECRET_PREFIX};
 
-pub use twilio::{Algorithm as TwilioAlgorithm, twilio_signature};
-
 /// How an endpoint's deliveries are verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -130,7 +130,7 @@ pub fn signed_urls(url: &str) -> [String; 2] {
 /// The MAC Twilio signs with: HMAC-SHA1 under the auth token, unless the
 /// delivery names a SharedKey's algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
+enum Algorithm {
     HmacSha1,
     HmacSha256,
 }
@@ -178,7 +178,8 @@ fn twilio_signature_bytes(
 
 /// `X-Twilio-Signature` for a form post of `params` to `url`, as Twilio
 /// computes it.
-pub fn twilio_signature(
+#[cfg(test)]
+fn twilio_signature(
     algorithm: Algorithm,
     token: &str,
     url: &str,
