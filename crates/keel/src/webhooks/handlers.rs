@@ -22,7 +22,7 @@ use crate::app::App;
 use crate::tenants::TenantRef;
 use crate::web::auth;
 use crate::web::{
-    ApiError, ApiRequest, HandlerResult, idempotent_response, json_response, page_response,
+    ApiError, ApiRequest, Body, HandlerResult, idempotent_response, json_response, page_response,
 };
 
 #[derive(Deserialize)]
@@ -261,7 +261,7 @@ pub async fn receive(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     }
     if received.verification == Verification::Twilio {
         // Twilio reads the reply as TwiML; an empty one sends nothing back.
-        let mut response = Response::new(Bytes::from_static(EMPTY_TWIML.as_bytes()));
+        let mut response = Response::new(Body::from(Bytes::from_static(EMPTY_TWIML.as_bytes())));
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"));
