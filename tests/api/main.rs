@@ -27,4 +27,5 @@ mod sentry;
 mod support;
 mod tasks;
 mod tenants;
+mod webhook_presets;
 mod webhooks;

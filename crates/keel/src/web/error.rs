@@ -371,13 +371,15 @@ impl From<WebhookError> for ApiError {
             WebhookError::Rejected(Rejection::Malformed(code, message)) => {
                 ApiError::bad_request(code, message)
             }
-            WebhookError::Rejected(Rejection::Stale) => ApiError::unauthorized_because(
-                "stale_timestamp",
-                "webhook-timestamp is more than 5 minutes away from now",
-            ),
-            WebhookError::Rejected(Rejection::Forged) => ApiError::unauthorized_because(
+            WebhookError::Rejected(Rejection::Stale(signed_time)) => {
+                ApiError::unauthorized_because(
+                    "stale_timestamp",
+                    format!("{signed_time} is more than 5 minutes away from now"),
+                )
+            }
+            WebhookError::Rejected(Rejection::Forged(signature)) => ApiError::unauthorized_because(
                 "invalid_signature",
-                "no webhook-signature matches this endpoint's secret",
+                format!("no {signature} matches this endpoint's secret"),
             ),
             WebhookError::UnknownEndpoint => ApiError::not_found(error.to_string()),
             WebhookError::OverQuota(refused) => ApiError::over_quota(refused),

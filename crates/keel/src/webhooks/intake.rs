@@ -3,37 +3,53 @@
 //! or refused having stored nothing.
 
 use http::HeaderMap;
-use serde_json::Value;
-use time::format_description::well_known::Rfc3339;
 
-use super::signatures::Rejection;
-use super::store::{AcceptWebhook, Accepted, CountWebhookRejection, EndpointRecord};
-use super::{WebhookError, endpoints, signatures};
+use super::presets::{self, Delivery, Verification, Verified};
+use super::store::{AcceptWebhook, Accepted, CountWebhookRejection};
+use super::{WebhookError, endpoints};
 use crate::ops::ratelimit::{GateError, RateGate};
 use crate::platform::config::Config;
 use crate::platform::db::Db;
 
-/// A delivery proven authentic.
-struct Verified {
-    webhook_id: String,
-    event_type: String,
-    payload: Value,
-    /// The ordering key: the event's own `timestamp`, else `webhook-timestamp`.
-    event_at: String,
+/// A delivery as it arrived at `POST /api/webhooks/{endpoint_id}`.
+pub struct Arrival<'a> {
+    pub endpoint_id: &'a str,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+    /// The request's query string, if any.
+    pub query: Option<&'a str>,
 }
 
-/// Verifies and stores a delivery to `endpoint_id`. The endpoint lookup goes
-/// through `gate`, which charges the caller's quota.
+/// A delivery stored (or found to be a duplicate), with what it said.
+pub struct Received {
+    /// The endpoint's tenant, whose knowledge answers a sender that waits.
+    pub tenant_id: String,
+    pub verification: Verification,
+    pub event: Verified,
+    pub accepted: Accepted,
+}
+
+/// Verifies and stores a delivery. The endpoint lookup goes through `gate`,
+/// which charges the caller's quota.
 pub async fn receive(
     db: &Db,
     config: &Config,
     gate: &RateGate,
-    endpoint_id: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Accepted, WebhookError> {
-    let endpoint = endpoints::load(db, gate, endpoint_id).await?;
-    match verify(config, &endpoint, headers, body) {
+    arrival: &Arrival<'_>,
+) -> Result<Received, WebhookError> {
+    let endpoint = endpoints::load(db, gate, arrival.endpoint_id).await?;
+    let verified = endpoints::secrets(config, &endpoint).and_then(|secrets| {
+        let public_url = public_url(config, arrival);
+        let delivery = Delivery {
+            headers: arrival.headers,
+            body: arrival.body,
+            query: arrival.query,
+            public_url: public_url.as_deref(),
+            now: time::OffsetDateTime::now_utc().unix_timestamp(),
+        };
+        Ok(presets::verify(endpoint.verification, &secrets, &delivery)?)
+    });
+    match verified {
         Ok(event) => {
             let accepted = db
                 .run(&AcceptWebhook {
@@ -41,7 +57,7 @@ pub async fn receive(
                     webhook_id: &event.webhook_id,
                     event_type: &event.event_type,
                     payload: &event.payload,
-                    event_at: Some(&event.event_at),
+                    event_at: event.event_at.as_deref(),
                     max_webhook_bytes_per_day: config.tasks.quotas.webhook_bytes_per_day,
                     max_queued_tasks: config.tasks.quotas.queued_tasks,
                 })
@@ -49,7 +65,12 @@ pub async fn receive(
                 .map_err(GateError::from)?;
             match accepted.refused {
                 Some(refused) => Err(WebhookError::OverQuota(refused)),
-                None => Ok(accepted),
+                None => Ok(Received {
+                    tenant_id: endpoint.tenant_id,
+                    verification: endpoint.verification,
+                    event,
+                    accepted,
+                }),
             }
         }
         Err(error) => {
@@ -62,78 +83,27 @@ pub async fn receive(
     }
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, Rejection> {
-    let value = headers.get(name).ok_or_else(|| {
-        Rejection::Malformed("missing_header", format!("the {name} header is required"))
-    })?;
-    value.to_str().map_err(|_| {
-        Rejection::Malformed("invalid_header", format!("the {name} header is not text"))
-    })
-}
-
-/// The delivery's id, event type and JSON payload, once it is proven authentic.
-fn verify(
-    config: &Config,
-    endpoint: &EndpointRecord,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Verified, WebhookError> {
-    let webhook_id = header(headers, "webhook-id")?.trim();
-    if webhook_id.is_empty() || webhook_id.len() > 256 {
-        return Err(Rejection::Malformed(
-            "invalid_header",
-            "webhook-id must be 1 to 256 characters".to_owned(),
-        )
-        .into());
+/// The URL a sender that signs it (Twilio) was given:
+/// `PUBLIC_BASE_URL/api/webhooks/{id}` and the query it added. Behind
+/// Vercel the request arrives rewritten to `/api/webhook?id={id}&…`, so the
+/// path is rebuilt and the rewrite's `id` left out.
+fn public_url(config: &Config, arrival: &Arrival) -> Option<String> {
+    let base = config.public_base_url.as_ref()?;
+    let mut url = format!(
+        "{}/api/webhooks/{}",
+        base.as_str().trim_end_matches('/'),
+        arrival.endpoint_id
+    );
+    let rewrite = format!("id={}", arrival.endpoint_id);
+    let query: Vec<&str> = arrival
+        .query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|part| !part.is_empty() && *part != rewrite)
+        .collect();
+    if !query.is_empty() {
+        url.push('?');
+        url.push_str(&query.join("&"));
     }
-    let timestamp = header(headers, "webhook-timestamp")?;
-    let signatures = header(headers, "webhook-signature")?;
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let secrets = endpoints::secrets(config, endpoint)?;
-    signatures::verify(&secrets, webhook_id, timestamp, signatures, body, now)?;
-    let sent_at = timestamp
-        .trim()
-        .parse::<i64>()
-        .ok()
-        .and_then(|seconds| time::OffsetDateTime::from_unix_timestamp(seconds).ok());
-    let payload: Value = serde_json::from_slice(body).map_err(|e| {
-        Rejection::Malformed("invalid_payload", format!("the body is not JSON: {e}"))
-    })?;
-    let event_type = payload
-        .get("type")
-        .and_then(Value::as_str)
-        .filter(|t| !t.is_empty() && t.len() <= 200)
-        .ok_or_else(|| {
-            Rejection::Malformed(
-                "invalid_payload",
-                "the body must be a JSON object with a string `type`".to_owned(),
-            )
-        })?
-        .to_owned();
-    let event_at = event_time(&payload)
-        .or(sent_at)
-        .and_then(|at| at.format(&Rfc3339).ok())
-        .ok_or_else(|| {
-            Rejection::Malformed(
-                "invalid_header",
-                "webhook-timestamp must be Unix seconds".to_owned(),
-            )
-        })?;
-    Ok(Verified {
-        webhook_id: webhook_id.to_owned(),
-        event_type,
-        payload,
-        event_at,
-    })
-}
-
-/// An event's own time, its `timestamp`: RFC 3339 or Unix seconds. Events
-/// are applied in this order (see `processing`); a sender whose events carry
-/// no timestamp is ordered by when it signed each delivery.
-pub fn event_time(event: &Value) -> Option<time::OffsetDateTime> {
-    match event.get("timestamp")? {
-        Value::String(text) => time::OffsetDateTime::parse(text, &Rfc3339).ok(),
-        Value::Number(number) => time::OffsetDateTime::from_unix_timestamp(number.as_i64()?).ok(),
-        _ => None,
-    }
+    Some(url)
 }

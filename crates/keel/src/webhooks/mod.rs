@@ -1,21 +1,28 @@
 //! Signed webhook intake, processing and reconciliation.
 //!
-//! - [`endpoints`]: a tenant registers an endpoint and gets its `whsec_`
-//!   secret once (stored sealed with `ENCRYPTION_KEY`), and rotates it with a
-//!   grace period for the previous one.
-//! - [`intake`]: a delivery is verified ([`signatures`]), then stored with
+//! - [`endpoints`]: a tenant registers an endpoint with a verification
+//!   preset and gets its generated secret once (or gives the provider's
+//!   own), stored sealed with `ENCRYPTION_KEY`, and rotates it with a grace
+//!   period for the previous one.
+//! - [`intake`]: a delivery is verified ([`presets`]: Standard Webhooks'
+//!   [`signatures`] or a provider's own scheme), then stored with
 //!   its processing enqueued in one transaction before the 200; a
 //!   redelivery is a duplicate; a forged, stale or malformed one stores
 //!   nothing.
+//! - [`replies`]: a Vapi call waiting on a tool call or a knowledge-base
+//!   request is answered from the tenant's knowledge in the response.
 //! - [`processing`] (task `webhook.process`) keeps a tenant's documents in
 //!   sync; [`reconcile`] (task `webhook.reconcile`) pulls an endpoint's
 //!   `pull_url` for events it missed.
 
+pub mod catalogue;
 pub mod endpoints;
 pub mod handlers;
 pub mod intake;
+pub mod presets;
 pub mod processing;
 pub mod reconcile;
+pub mod replies;
 pub mod signatures;
 pub mod store;
 

@@ -1,6 +1,9 @@
 //! The `webhook.process` task kind: applies a stored delivery. Document
 //! events keep a tenant's knowledge in sync (`document.upserted`,
-//! `document.deleted`); other events are stored for the tenant to consume.
+//! `document.deleted`, and a shop's product events, see [`catalogue`]);
+//! other events are stored for the tenant to consume.
+//!
+//! [`catalogue`]: super::catalogue
 //!
 //! Tasks run concurrently and reconciliation replays missed events late, so
 //! document events are applied in event order, not arrival order: each
@@ -14,7 +17,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::catalogue::{self, CatalogueChange};
 use super::store::{FinishWebhookDelivery, OrderDocumentEvents, WebhookDelivery};
+use crate::knowledge::documents::DocumentInput;
 use crate::knowledge::{Knowledge, KnowledgeError, documents};
 use crate::platform::db::Db;
 use crate::tasks::{Task, TaskError};
@@ -49,14 +54,39 @@ pub async fn process_delivery(
         return Ok(());
     };
     let data = &delivery.payload["data"];
-    let outcome = match delivery.event_type.as_str() {
-        "document.upserted" => sync_upsert(db, knowledge, &tenant, delivery.id, data)
-            .await
-            .map(|()| "processed"),
-        "document.deleted" => sync_delete(db, &tenant, delivery.id, data)
-            .await
-            .map(|()| "processed"),
-        _ => Ok("stored"),
+    let catalogue = catalogue::change(
+        delivery.verification,
+        &delivery.event_type,
+        &delivery.payload,
+    );
+    let outcome = match (catalogue, delivery.event_type.as_str()) {
+        (Some(Ok(CatalogueChange::Upsert(product))), _) => {
+            sync_upsert(db, knowledge, &tenant, delivery.id, vec![product])
+                .await
+                .map(|()| "processed")
+        }
+        (Some(Ok(CatalogueChange::Delete(id))), _) => {
+            sync_delete(db, &tenant, delivery.id, &[id.as_str()])
+                .await
+                .map(|()| "processed")
+        }
+        (Some(Err(problem)), event_type) => Err(TaskError::permanent(event_type, &problem)),
+        (None, "document.upserted") => match documents::parse_documents(data) {
+            Ok(parsed) => sync_upsert(db, knowledge, &tenant, delivery.id, parsed)
+                .await
+                .map(|()| "processed"),
+            Err(e) => Err(TaskError::permanent("document.upserted data", e)),
+        },
+        (None, "document.deleted") => match deleted_ids(data) {
+            Some(ids) => sync_delete(db, &tenant, delivery.id, &ids)
+                .await
+                .map(|()| "processed"),
+            None => Err(TaskError::permanent(
+                "document.deleted data",
+                "needs `id` or `ids`",
+            )),
+        },
+        (None, _) => Ok("stored"),
     };
     let status = match &outcome {
         Ok(status) => *status,
@@ -114,16 +144,14 @@ async fn newer_than_seen(
     Ok(order.apply)
 }
 
-/// `data` is the documents API's body (`{"documents":[…]}`) or one document.
+/// Upserts the documents no newer event touched.
 async fn sync_upsert(
     db: &Db,
     knowledge: &Arc<Knowledge>,
     tenant: &TenantRef,
     delivery_id: i64,
-    data: &Value,
+    parsed: Vec<DocumentInput>,
 ) -> Result<(), TaskError> {
-    let parsed = documents::parse_documents(data)
-        .map_err(|e| TaskError::permanent("document.upserted data", e))?;
     documents::validate(&parsed, &knowledge.limits).map_err(sync_error)?;
     let ids: Vec<&str> = parsed.iter().map(|d| d.id.as_str()).collect();
     let apply = newer_than_seen(db, tenant, delivery_id, &ids, false).await?;
@@ -140,24 +168,24 @@ async fn sync_upsert(
     Ok(())
 }
 
-/// `data` is `{"id"}` or `{"ids":[…]}`; deleting what is already gone is fine.
+/// A `document.deleted` event's ids: `data` is `{"id"}` or `{"ids":[…]}`.
+fn deleted_ids(data: &Value) -> Option<Vec<&str>> {
+    match (data.get("id"), data.get("ids")) {
+        (Some(Value::String(id)), _) => Some(vec![id.as_str()]),
+        (_, Some(Value::Array(ids))) => Some(ids.iter().filter_map(Value::as_str).collect()),
+        _ => None,
+    }
+}
+
+/// Deletes the documents no newer event touched; deleting what is already
+/// gone is fine.
 async fn sync_delete(
     db: &Db,
     tenant: &TenantRef,
     delivery_id: i64,
-    data: &Value,
+    ids: &[&str],
 ) -> Result<(), TaskError> {
-    let ids: Vec<&str> = match (data.get("id"), data.get("ids")) {
-        (Some(Value::String(id)), _) => vec![id.as_str()],
-        (_, Some(Value::Array(ids))) => ids.iter().filter_map(Value::as_str).collect(),
-        _ => {
-            return Err(TaskError::permanent(
-                "document.deleted data",
-                "needs `id` or `ids`",
-            ));
-        }
-    };
-    let apply = newer_than_seen(db, tenant, delivery_id, &ids, true).await?;
+    let apply = newer_than_seen(db, tenant, delivery_id, ids, true).await?;
     for id in &apply {
         match documents::delete(db, tenant, id).await {
             Ok(_) => {}

@@ -10,7 +10,7 @@ use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 
 use super::store::AcceptWebhook;
-use super::{WebhookError, endpoints, intake};
+use super::{WebhookError, endpoints, presets};
 use crate::ops::ratelimit::RateGate;
 use crate::platform::config::Config;
 use crate::platform::db::Db;
@@ -69,7 +69,7 @@ pub async fn reconcile(db: &Db, config: &Config, task: Task) -> Result<(), TaskE
         };
         // A pulled event without a `timestamp` has no ordering key: it
         // never overwrites a document that any timed event has touched.
-        let event_at = intake::event_time(event).and_then(|at| at.format(&Rfc3339).ok());
+        let event_at = presets::event_time(event).and_then(|at| at.format(&Rfc3339).ok());
         let result = db
             .run(&AcceptWebhook {
                 endpoint_id: &endpoint.id,

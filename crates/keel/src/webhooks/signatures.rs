@@ -15,15 +15,18 @@ pub(super) const SECRET_PREFIX: &str = "whsec_";
 type HmacSha256 = Hmac<Sha256>;
 
 /// Why a delivery was refused.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
     /// 400: a header or the body is not what the scheme requires.
     Malformed(&'static str, String),
-    /// 401: the timestamp is outside the tolerance (a replay or a broken clock).
-    Stale,
-    /// 401: no signature matches.
-    Forged,
+    /// 401: the signed time (named) is outside the tolerance (a replay or a
+    /// broken clock).
+    Stale(&'static str),
+    /// 401: the signature (named) matches no secret of the endpoint.
+    Forged(&'static str),
 }
+
+const FORGED: Rejection = Rejection::Forged("webhook-signature");
 
 /// The signing key inside a `whsec_<base64>` secret.
 fn signing_key(secret: &str) -> Option<Vec<u8>> {
@@ -73,11 +76,11 @@ pub fn verify(
         )
     })?;
     if (now - timestamp).abs() > TOLERANCE_SECONDS {
-        return Err(Rejection::Stale);
+        return Err(Rejection::Stale("webhook-timestamp"));
     }
     let candidates = candidates(signatures)?;
     if candidates.is_empty() {
-        return Err(Rejection::Forged);
+        return Err(FORGED);
     }
     let prefix = format!("{webhook_id}.{timestamp}.");
     let matched = secrets.iter().filter_map(|s| signing_key(s)).any(|key| {
@@ -92,11 +95,7 @@ pub fn verify(
         });
         bool::from(found)
     });
-    if matched {
-        Ok(())
-    } else {
-        Err(Rejection::Forged)
-    }
+    if matched { Ok(()) } else { Err(FORGED) }
 }
 
 /// The `v1` signatures listed in a `webhook-signature` header, once it is
@@ -171,7 +170,7 @@ mod tests {
                 body,
                 now
             ),
-            Err(Rejection::Forged),
+            Err(FORGED),
             "no secret, no match"
         );
     }
@@ -218,7 +217,7 @@ mod tests {
                 now.to_string(),
                 other_secret,
                 body,
-                Err(Rejection::Forged),
+                Err(FORGED),
                 "another endpoint's secret",
             ),
             (
@@ -226,7 +225,7 @@ mod tests {
                 now.to_string(),
                 good.clone(),
                 br#"{"type":"call.started"}"#,
-                Err(Rejection::Forged),
+                Err(FORGED),
                 "tampered body",
             ),
             (
@@ -234,7 +233,7 @@ mod tests {
                 now.to_string(),
                 good.clone(),
                 body,
-                Err(Rejection::Forged),
+                Err(FORGED),
                 "signature replayed under another id",
             ),
             (
@@ -242,7 +241,7 @@ mod tests {
                 (now - 301).to_string(),
                 sign(SECRET, "msg_1", now - 301, body),
                 body,
-                Err(Rejection::Stale),
+                Err(Rejection::Stale("webhook-timestamp")),
                 "a replay after 5 minutes",
             ),
             (
@@ -250,7 +249,7 @@ mod tests {
                 (now + 301).to_string(),
                 sign(SECRET, "msg_1", now + 301, body),
                 body,
-                Err(Rejection::Stale),
+                Err(Rejection::Stale("webhook-timestamp")),
                 "from the future",
             ),
             (
@@ -269,7 +268,7 @@ mod tests {
                 now.to_string(),
                 good.replace("v1,", "v2,"),
                 body,
-                Err(Rejection::Forged),
+                Err(FORGED),
                 "unknown scheme version",
             ),
             (
@@ -277,7 +276,7 @@ mod tests {
                 now.to_string(),
                 "v1,not-base64!".into(),
                 body,
-                Err(Rejection::Forged),
+                Err(FORGED),
                 "garbage signature",
             ),
             (

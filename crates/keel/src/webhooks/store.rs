@@ -1,10 +1,11 @@
-//! The webhook SQL functions Keel calls (migrations/0003, 0005, 0012, 0014), one
-//! typed binding each.
+//! The webhook SQL functions Keel calls (migrations/0003, 0005, 0012, 0014,
+//! 0017), one typed binding each.
 
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::presets::Verification;
 use crate::ops::audit::Audit;
 use crate::ops::idempotency::{Claim, Idempotent};
 use crate::ops::quotas::QuotaExceeded;
@@ -14,6 +15,7 @@ use crate::platform::db::{Page, SqlFunction};
 #[derive(Serialize)]
 pub struct CreateWebhookEndpoint<'a> {
     pub source: &'a str,
+    pub verification: Verification,
     pub pull_url: Option<&'a str>,
     pub secret_ciphertext: &'a str,
     pub key_id: &'a str,
@@ -37,6 +39,7 @@ pub enum EndpointCreation {
 pub struct CreatedEndpoint {
     pub id: String,
     pub source: String,
+    pub verification: Verification,
     pub pull_url: Option<String>,
     pub created_at: String,
 }
@@ -83,6 +86,7 @@ pub struct WebhookEndpoint<'a> {
 pub struct EndpointRecord {
     pub id: String,
     pub tenant_id: String,
+    pub verification: Verification,
     pub secret_ciphertext: String,
     pub key_id: String,
     /// Set while a rotated-out secret is within its grace period.
@@ -94,6 +98,23 @@ pub struct EndpointRecord {
 impl SqlFunction for WebhookEndpoint<'_> {
     const NAME: &'static str = "keel_webhook_endpoint";
     type Output = EndpointRecord;
+}
+
+/// `keel_webhook_endpoint_verification`: how the tenant's endpoint `id`
+/// verifies deliveries (so a rotation knows who issues its secret).
+#[derive(Serialize)]
+pub struct WebhookEndpointVerification<'a> {
+    pub id: &'a str,
+}
+
+#[derive(Deserialize)]
+pub struct EndpointVerification {
+    pub verification: Verification,
+}
+
+impl SqlFunction for WebhookEndpointVerification<'_> {
+    const NAME: &'static str = "keel_webhook_endpoint_verification";
+    type Output = EndpointVerification;
 }
 
 /// `keel_accept_webhook`: stores a verified delivery and enqueues its
@@ -145,6 +166,8 @@ pub struct Delivery {
     pub id: i64,
     pub event_type: String,
     pub payload: Value,
+    /// How its endpoint verifies deliveries: what its event types mean.
+    pub verification: Verification,
 }
 
 impl SqlFunction for WebhookDelivery {

@@ -1,7 +1,8 @@
 //! Who may reach what: encryption keys for secrets at rest
 //! (`ENCRYPTION_KEY`, `ENCRYPTION_KEYS_PREVIOUS`), browser origins
 //! (`CORS_ORIGINS`) and whose word the client's address is taken on
-//! (`CLIENT_IP_SOURCE`).
+//! (`CLIENT_IP_SOURCE`), and the public URL senders reach this deployment
+//! at (`PUBLIC_BASE_URL`).
 
 use std::sync::Arc;
 
@@ -119,5 +120,22 @@ impl Vars<'_> {
             format!("`{raw}` is not `peer`, `vercel` or `x-forwarded-for:<trusted proxies, 1-10>`"),
         );
         ClientIpSource::Peer
+    }
+}
+
+impl Vars<'_> {
+    /// `PUBLIC_BASE_URL`: scheme and host (and any path prefix) senders use
+    /// to reach this deployment, without a query or fragment, since a
+    /// delivery's URL is this plus `/api/webhooks/{id}`.
+    pub(super) fn public_base_url(&mut self) -> Option<Url> {
+        let url = self.url("PUBLIC_BASE_URL")?;
+        if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+            self.problem(
+                "PUBLIC_BASE_URL",
+                "must be a scheme and host (and path prefix) only, such as https://keel.example.com",
+            );
+            return None;
+        }
+        Some(url)
     }
 }

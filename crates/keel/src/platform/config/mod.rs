@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{SecretBox, SecretString};
+use url::Url;
 
 pub use access::ClientIpSource;
 pub use answers::{AnswerSettings, ChatProviderConfig};
@@ -92,6 +93,10 @@ pub struct Config {
     /// The smaller body limit of webhook intake, whose bodies are read by
     /// anyone who knows an endpoint's URL.
     pub webhook_max_body_bytes: usize,
+    /// `PUBLIC_BASE_URL`: where senders reach this deployment. Twilio signs
+    /// the URL it posts to, which the function behind Vercel or API Gateway
+    /// does not see as sent.
+    pub public_base_url: Option<Url>,
     pub ready_check_timeout: Duration,
     pub embedding: EmbeddingSettings,
     pub ingest: IngestLimits,
@@ -181,6 +186,7 @@ impl Config {
         let slow_request = Duration::from_millis(env.parsed("SLOW_REQUEST_MS", 5_000u64));
         let max_body_bytes = env.body_limit("MAX_BODY_BYTES", 4 * 1024 * 1024);
         let webhook_max_body_bytes = env.body_limit("WEBHOOK_MAX_BODY_BYTES", 1024 * 1024);
+        let public_base_url = env.public_base_url();
         let ready_check_timeout =
             Duration::from_millis(env.parsed("READY_CHECK_TIMEOUT_MS", 2_000u64));
         let embedding = env.embedding_settings();
@@ -219,6 +225,7 @@ impl Config {
             slow_request,
             max_body_bytes,
             webhook_max_body_bytes,
+            public_base_url,
             ready_check_timeout,
             embedding,
             ingest,

@@ -507,3 +507,36 @@ fn production_refuses_connections_that_may_travel_in_plain_text() {
     ];
     Config::from_vars(&vars(&development)).expect("development keeps plain text for local servers");
 }
+
+#[test]
+fn the_public_base_url_is_a_scheme_and_host_at_most_with_a_path_prefix() {
+    let cases = [
+        ("https://keel.example.com", true, "a host"),
+        (
+            "https://keel.example.com:443",
+            true,
+            "with the default port",
+        ),
+        ("https://example.com/keel", true, "a path prefix"),
+        ("keel.example.com", false, "no scheme"),
+        (
+            "https://keel.example.com/?x=1",
+            false,
+            "a query would sit before the route",
+        ),
+        ("https://user:pw@keel.example.com", false, "credentials"),
+    ];
+    for (url, accepted, reason) in cases {
+        let result = Config::from_vars(&vars(&[
+            ("DATABASE_URL", "postgres://u:p@db/keel"),
+            ("PUBLIC_BASE_URL", url),
+        ]));
+        match result {
+            Ok(config) => assert!(accepted && config.public_base_url.is_some(), "{reason}"),
+            Err(error) => {
+                assert!(!accepted, "{reason}: {error}");
+                assert_eq!(error.problems[0].variable, "PUBLIC_BASE_URL", "{reason}");
+            }
+        }
+    }
+}
