@@ -513,9 +513,10 @@ async fn a_vapi_end_of_call_report_becomes_a_readable_conversation() {
 }
 
 /// The TwiML path's answer time, as Twilio sees it (the whole webhook
-/// request), extractive and with the chat double answering at once.
+/// request), extractive and with the chat double answering at once: every
+/// text is answered in the response, far within the deadline.
 #[tokio::test]
-async fn twiml_answer_time() {
+async fn texts_are_answered_in_twiml_well_within_the_deadline() {
     for extractive in [true, false] {
         let stack = sms_stack(extractive, &[]).await;
         let endpoint = stack.twilio_endpoint().await;
