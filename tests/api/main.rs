@@ -24,6 +24,8 @@ mod rate_limits;
 mod ready;
 mod search;
 mod sentry;
+mod sms;
+mod sms_doubles;
 mod support;
 mod tasks;
 mod tenants;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::app::App;
 use crate::tasks::TaskKind;
+use crate::webhooks::sms::{self, Answering, Sending};
 use crate::webhooks::{processing, reconcile};
 
 pub const KINDS: &[TaskKind<Arc<App>>] = &[
@@ -21,6 +22,23 @@ pub const KINDS: &[TaskKind<Arc<App>>] = &[
         name: "webhook.reconcile",
         run: |app, task| {
             Box::pin(async move { reconcile::reconcile(&app.db, &app.config, task).await })
+        },
+    },
+    TaskKind {
+        name: sms::TASK_KIND,
+        run: |app, task| {
+            Box::pin(async move {
+                let sending = Sending {
+                    answering: Answering {
+                        db: &app.db,
+                        knowledge: &app.knowledge,
+                        answers: &app.answers,
+                    },
+                    config: &app.config,
+                    http: &app.http,
+                };
+                sms::reply(&sending, task).await
+            })
         },
     },
 ];

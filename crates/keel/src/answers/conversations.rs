@@ -1,7 +1,8 @@
 //! What a chat remembers, and who may continue or read it. [`begin_chat`]
 //! is every chat request's first database call: it takes the request from
-//! its quotas, authenticates the caller (a tenant key, or a publishable key
-//! from one of its origins), opens or creates the conversation and loads
+//! its quotas, authenticates the caller (a tenant key, a publishable key
+//! from one of its origins, or a tenant Keel itself read, such as an SMS
+//! endpoint's), opens or creates the conversation and loads
 //! its history and the tenant's assistant settings, all in one round trip.
 //! [`record_turn`] stores the user's message and the answer together.
 //!
@@ -51,6 +52,10 @@ pub enum ChatCaller {
         origin: Option<String>,
         visitor_token: Option<String>,
     },
+    /// A tenant Keel read itself (the webhook endpoint an SMS arrived at),
+    /// never from a client: its request was charged to the endpoint at
+    /// intake, so no quota is taken here.
+    Trusted { tenant_id: String },
 }
 
 impl ChatCaller {
@@ -58,6 +63,7 @@ impl ChatCaller {
     fn args(&self) -> CallerArgs<'_> {
         match self {
             ChatCaller::Secret { key_hash } => CallerArgs::Secret { key_hash },
+            ChatCaller::Trusted { tenant_id } => CallerArgs::Trusted { tenant_id },
             ChatCaller::Publishable {
                 key_hash,
                 origin,
@@ -84,6 +90,7 @@ impl ChatCaller {
         match self {
             ChatCaller::Secret { .. } => gate.run(db, args).await,
             ChatCaller::Publishable { .. } => gate.run_publishable(db, args).await,
+            ChatCaller::Trusted { .. } => Ok(db.run(args).await?),
         }
     }
 }
@@ -145,7 +152,7 @@ pub async fn begin_chat(
         )
         .await?;
     let visitor_token = match caller {
-        ChatCaller::Secret { .. } => None,
+        ChatCaller::Secret { .. } | ChatCaller::Trusted { .. } => None,
         ChatCaller::Publishable { visitor_token, .. } if !begun.visitor_minted => {
             visitor_token.clone()
         }
@@ -310,7 +317,7 @@ mod tests {
             CallerArgs::Publishable {
                 visitor_token_hash, ..
             } => visitor_token_hash,
-            CallerArgs::Secret { .. } => unreachable!(),
+            CallerArgs::Secret { .. } | CallerArgs::Trusted { .. } => unreachable!(),
         };
         assert_eq!(hash_of(&caller(&token)), Some(sha256_hex(&token)));
         assert_eq!(hash_of(&caller("made-up")), None);

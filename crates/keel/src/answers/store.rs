@@ -17,6 +17,10 @@ pub enum CallerArgs<'a> {
     Secret {
         key_hash: &'a str,
     },
+    /// A tenant Keel itself read (a webhook endpoint's), never a client's word.
+    Trusted {
+        tenant_id: &'a str,
+    },
     Publishable {
         publishable_key_hash: &'a str,
         origin: Option<&'a str>,
@@ -124,6 +128,10 @@ pub struct Conversation {
     #[serde(flatten)]
     pub summary: ConversationSummary,
     pub messages: Vec<StoredMessage>,
+    /// What a voice call's report says beside its transcript (summary,
+    /// recording URL, ended reason, cost); null for chats.
+    #[serde(default)]
+    pub metadata: Option<Value>,
 }
 
 impl SqlFunction for GetConversation<'_> {

@@ -6,9 +6,11 @@
 
 use super::WebhookError;
 use super::presets::Verification;
+use super::sms::VonageCredentials;
 use super::store::{
-    CreateWebhookEndpoint, CreatedEndpoint, EndpointCreation, EndpointRecord, RotateWebhookSecret,
-    RotatedSecret, WebhookEndpoint, WebhookEndpointVerification,
+    CreateWebhookEndpoint, CreatedEndpoint, EndpointCreation, EndpointRecord,
+    PutEndpointCredentials, RotateWebhookSecret, RotatedSecret, WebhookEndpoint,
+    WebhookEndpointVerification,
 };
 use crate::ops::audit::Audit;
 use crate::ops::idempotency::{self, IdempotencyKey, Outcome};
@@ -73,6 +75,30 @@ pub async fn create(
         }),
         EndpointCreation::Refused { refused } => Err(WebhookError::OverQuota(refused)),
     }
+}
+
+/// Stores the provider API credentials an endpoint sends replies with
+/// (Vonage's API key and secret), sealed like its secret.
+pub async fn store_credentials(
+    db: &Db,
+    config: &Config,
+    tenant: &TenantRef,
+    endpoint_id: &str,
+    credentials: &VonageCredentials,
+) -> Result<(), WebhookError> {
+    let plaintext = serde_json::to_vec(credentials).expect("two strings serialize");
+    let sealed = crypto::seal(encryption_key(config)?, &plaintext);
+    tenant
+        .run(
+            db,
+            &PutEndpointCredentials {
+                endpoint_id,
+                key_id: &sealed.key_id,
+                ciphertext: &sealed.ciphertext,
+            },
+        )
+        .await?;
+    Ok(())
 }
 
 /// How the tenant's endpoint `id` verifies deliveries.

@@ -17,6 +17,7 @@ use super::endpoints::{
 use super::intake::{self, Arrival};
 use super::presets::Verification;
 use super::replies;
+use super::sms::{self, Answering, VonageCredentials};
 use super::store::ListWebhookDeliveries;
 use crate::app::App;
 use crate::tenants::TenantRef;
@@ -35,6 +36,11 @@ struct CreateEndpoint {
     secret: Option<String>,
     #[serde(default)]
     pull_url: Option<String>,
+    /// Vonage: the API key and secret replies are sent with.
+    #[serde(default)]
+    api_key: Option<String>,
+    #[serde(default)]
+    api_secret: Option<String>,
 }
 
 fn parse_verification(name: Option<&str>) -> Result<Verification, ApiError> {
@@ -136,6 +142,7 @@ pub async fn create_endpoint(app: Arc<App>, request: ApiRequest) -> HandlerResul
             ));
         }
     }
+    let credentials = api_credentials(verification, body.api_key, body.api_secret)?;
     let idempotency_key = request.idempotency_key()?;
     let outcome = endpoints::create(
         &app.db,
@@ -152,6 +159,10 @@ pub async fn create_endpoint(app: Arc<App>, request: ApiRequest) -> HandlerResul
     )
     .await?;
     let (created, secret) = (outcome.result, outcome.credential);
+    if let Some(credentials) = &credentials {
+        endpoints::store_credentials(&app.db, &app.config, &tenant, &created.id, credentials)
+            .await?;
+    }
     Ok(idempotent_response(
         StatusCode::CREATED,
         &json!({
@@ -165,6 +176,45 @@ pub async fn create_endpoint(app: Arc<App>, request: ApiRequest) -> HandlerResul
         }),
         outcome.replayed,
     ))
+}
+
+/// Vonage's API key and secret, both or neither; no other preset sends
+/// through an API with credentials of its own.
+fn api_credentials(
+    verification: Verification,
+    api_key: Option<String>,
+    api_secret: Option<String>,
+) -> Result<Option<VonageCredentials>, ApiError> {
+    let shaped = |value: &str| {
+        (1..=256).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic())
+    };
+    match (api_key, api_secret) {
+        (None, None) => Ok(None),
+        (Some(_), _) | (_, Some(_)) if verification != Verification::Vonage => {
+            Err(ApiError::invalid_field(
+                "api_key",
+                "is only taken by `vonage` endpoints (the Messages API credentials replies are sent with)",
+            ))
+        }
+        (Some(api_key), Some(api_secret)) if shaped(&api_key) && shaped(&api_secret) => {
+            Ok(Some(VonageCredentials {
+                api_key,
+                api_secret,
+            }))
+        }
+        (Some(_), Some(_)) => Err(ApiError::invalid_field(
+            "api_secret",
+            "api_key and api_secret must be 1 to 256 visible ASCII characters",
+        )),
+        (None, Some(_)) => Err(ApiError::invalid_field(
+            "api_key",
+            "is required with api_secret",
+        )),
+        (Some(_), None) => Err(ApiError::invalid_field(
+            "api_secret",
+            "is required with api_key",
+        )),
+    }
 }
 
 #[derive(Deserialize)]
@@ -259,21 +309,49 @@ pub async fn receive(app: Arc<App>, request: ApiRequest) -> HandlerResult {
             return Ok(json_response(StatusCode::OK, &reply));
         }
     }
+    let sms = received.accepted.delivery_id.and_then(|delivery_id| {
+        let event = &received.event;
+        sms::inbound(received.verification, &event.event_type, &event.payload)
+            .map(|sms| (delivery_id, sms))
+    });
     if received.verification == Verification::Twilio {
-        // Twilio reads the reply as TwiML; an empty one sends nothing back.
-        let mut response = Response::new(Body::from(Bytes::from_static(EMPTY_TWIML.as_bytes())));
+        // Twilio reads the reply as TwiML: the answer when it is ready in
+        // time, else an empty one and the task sends the answer.
+        let twiml = match sms {
+            Some((delivery_id, sms)) => {
+                let answering = Answering {
+                    db: &app.db,
+                    knowledge: &app.knowledge,
+                    answers: &app.answers,
+                };
+                sms::answer_twilio(
+                    &answering,
+                    &app.config,
+                    &received.tenant_id,
+                    request.param("id"),
+                    delivery_id,
+                    &sms,
+                )
+                .await?
+            }
+            None => None,
+        };
+        let body = twiml.unwrap_or_else(|| sms::EMPTY_TWIML.to_owned());
+        let mut response = Response::new(Body::from(Bytes::from(body)));
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"));
         return Ok(response);
+    }
+    if let Some((delivery_id, _)) = sms {
+        // Vonage does not read the response: the task sends the reply.
+        sms::enqueue_reply(&app.db, &received.tenant_id, delivery_id).await?;
     }
     Ok(json_response(
         StatusCode::OK,
         &json!({"received": true, "duplicate": received.accepted.duplicate}),
     ))
 }
-
-const EMPTY_TWIML: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response/>"#;
 
 /// Payload bytes one deliveries page may carry: responses stay under
 /// Vercel's 4.5 MB cut with room for the rows' other fields.

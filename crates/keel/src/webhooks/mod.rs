@@ -11,10 +11,15 @@
 //!   nothing.
 //! - [`replies`]: a Vapi call waiting on a tool call or a knowledge-base
 //!   request is answered from the tenant's knowledge in the response.
+//! - [`sms`]: an inbound text (Twilio, Vonage) is answered through the
+//!   answers pipeline, in Twilio's TwiML response when ready in time, else
+//!   through the provider's Messages API from the `sms.reply` task.
 //! - [`processing`] (task `webhook.process`) keeps a tenant's documents in
-//!   sync; [`reconcile`] (task `webhook.reconcile`) pulls an endpoint's
+//!   sync and keeps Vapi's call reports as conversations ([`call_reports`]);
+//!   [`reconcile`] (task `webhook.reconcile`) pulls an endpoint's
 //!   `pull_url` for events it missed.
 
+pub mod call_reports;
 pub mod catalogue;
 pub mod endpoints;
 pub mod handlers;
@@ -24,6 +29,7 @@ pub mod processing;
 pub mod reconcile;
 pub mod replies;
 pub mod signatures;
+pub mod sms;
 pub mod store;
 
 use crate::ops::idempotency::IdempotencyError;

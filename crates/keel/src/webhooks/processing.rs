@@ -1,9 +1,11 @@
 //! The `webhook.process` task kind: applies a stored delivery. Document
 //! events keep a tenant's knowledge in sync (`document.upserted`,
-//! `document.deleted`, and a shop's product events, see [`catalogue`]);
-//! other events are stored for the tenant to consume.
+//! `document.deleted`, and a shop's product events, see [`catalogue`]); a
+//! Vapi call's `end-of-call-report` becomes a conversation
+//! ([`call_reports`]); other events are stored for the tenant to consume.
 //!
 //! [`catalogue`]: super::catalogue
+//! [`call_reports`]: super::call_reports
 //!
 //! Tasks run concurrently and reconciliation replays missed events late, so
 //! document events are applied in event order, not arrival order: each
@@ -17,7 +19,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::call_reports;
 use super::catalogue::{self, CatalogueChange};
+use super::presets::Verification;
 use super::store::{FinishWebhookDelivery, OrderDocumentEvents, WebhookDelivery};
 use crate::knowledge::documents::DocumentInput;
 use crate::knowledge::{Knowledge, KnowledgeError, documents};
@@ -86,6 +90,11 @@ pub async fn process_delivery(
                 "needs `id` or `ids`",
             )),
         },
+        (None, "end-of-call-report") if delivery.verification == Verification::Vapi => {
+            call_reports::store(db, &tenant, &delivery.payload["message"])
+                .await
+                .map(|()| "processed")
+        }
         (None, _) => Ok("stored"),
     };
     let status = match &outcome {

@@ -1,5 +1,5 @@
 //! The webhook SQL functions Keel calls (migrations/0003, 0005, 0012, 0014,
-//! 0017), one typed binding each.
+//! 0017, 0019), one typed binding each.
 
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
@@ -136,6 +136,9 @@ pub struct AcceptWebhook<'a> {
 pub struct Accepted {
     #[serde(default)]
     pub duplicate: bool,
+    /// The stored delivery; absent for a duplicate or a refusal.
+    #[serde(default)]
+    pub delivery_id: Option<i64>,
     #[serde(default)]
     pub refused: Option<QuotaExceeded>,
 }
@@ -235,4 +238,145 @@ pub struct EventOrder {
 impl SqlFunction for OrderDocumentEvents<'_> {
     const NAME: &'static str = "keel_order_document_events";
     type Output = EventOrder;
+}
+
+// SMS replies and call reports (0019) -------------------------------------------
+
+/// `keel_sms_reply_enqueue`: the inbound SMS's reply row and its
+/// `sms.reply` task, due after `delay_ms`; idempotent per delivery.
+#[derive(Serialize)]
+pub struct SmsReplyEnqueue {
+    pub delivery_id: i64,
+    pub delay_ms: u64,
+}
+
+impl SqlFunction for SmsReplyEnqueue {
+    const NAME: &'static str = "keel_sms_reply_enqueue";
+    type Output = IgnoredAny;
+}
+
+/// `keel_sms_reply_state`: the stored answer, and whether the reply was
+/// claimed for sending and sent.
+#[derive(Serialize)]
+pub struct SmsReplyState {
+    pub delivery_id: i64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SmsReply {
+    pub answer: Option<String>,
+    pub claimed: bool,
+    pub sent: bool,
+}
+
+impl SqlFunction for SmsReplyState {
+    const NAME: &'static str = "keel_sms_reply_state";
+    type Output = SmsReply;
+}
+
+/// `keel_sms_reply_save`: keeps the first answer generated; returns it.
+#[derive(Serialize)]
+pub struct SmsReplySave<'a> {
+    pub delivery_id: i64,
+    pub answer: &'a str,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SavedAnswer {
+    pub answer: String,
+}
+
+impl SqlFunction for SmsReplySave<'_> {
+    const NAME: &'static str = "keel_sms_reply_save";
+    type Output = SavedAnswer;
+}
+
+/// How an SMS reply goes out.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplyChannel {
+    /// In the webhook's own TwiML response.
+    Twiml,
+    /// Through the provider's Messages API, from the task.
+    Api,
+}
+
+/// `keel_sms_reply_claim`: the first claim to send a reply wins.
+#[derive(Serialize)]
+pub struct SmsReplyClaim<'a> {
+    pub delivery_id: i64,
+    pub channel: ReplyChannel,
+    pub answer: Option<&'a str>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Claimed {
+    pub claimed: bool,
+}
+
+impl SqlFunction for SmsReplyClaim<'_> {
+    const NAME: &'static str = "keel_sms_reply_claim";
+    type Output = Claimed;
+}
+
+/// `keel_sms_reply_finish`: a claimed send ended, sent (with the
+/// provider's message id) or released because nothing was sent.
+#[derive(Serialize)]
+pub struct SmsReplyFinish<'a> {
+    pub delivery_id: i64,
+    pub sent: bool,
+    pub provider_message_id: Option<&'a str>,
+}
+
+impl SqlFunction for SmsReplyFinish<'_> {
+    const NAME: &'static str = "keel_sms_reply_finish";
+    type Output = Option<IgnoredAny>;
+}
+
+/// `keel_put_endpoint_credentials`: an endpoint's sealed provider API
+/// credentials.
+#[derive(Serialize)]
+pub struct PutEndpointCredentials<'a> {
+    pub endpoint_id: &'a str,
+    pub key_id: &'a str,
+    pub ciphertext: &'a str,
+}
+
+impl SqlFunction for PutEndpointCredentials<'_> {
+    const NAME: &'static str = "keel_put_endpoint_credentials";
+    type Output = IgnoredAny;
+}
+
+/// `keel_delivery_endpoint`: the endpoint a delivery arrived at, with its
+/// sealed secret and API credentials.
+#[derive(Serialize)]
+pub struct DeliveryEndpoint {
+    pub delivery_id: i64,
+}
+
+#[derive(Deserialize)]
+pub struct DeliveryEndpointRecord {
+    #[serde(flatten)]
+    pub endpoint: EndpointRecord,
+    pub credentials_key_id: Option<String>,
+    pub credentials_ciphertext: Option<String>,
+}
+
+impl SqlFunction for DeliveryEndpoint {
+    const NAME: &'static str = "keel_delivery_endpoint";
+    type Output = Option<DeliveryEndpointRecord>;
+}
+
+/// `keel_store_call_report`: a voice call's transcript and report as a
+/// conversation of the tenant.
+#[derive(Serialize)]
+pub struct StoreCallReport<'a> {
+    pub conversation_id: &'a str,
+    pub turns: &'a [Value],
+    pub metadata: &'a Value,
+}
+
+impl SqlFunction for StoreCallReport<'_> {
+    const NAME: &'static str = "keel_store_call_report";
+    type Output = IgnoredAny;
 }

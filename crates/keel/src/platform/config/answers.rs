@@ -1,6 +1,7 @@
 //! Answer settings: the chat model provider (`CHAT_*`, configured apart from
 //! embeddings because locally those come from a model that cannot chat),
-//! and how much an answer may cost: retries, timeouts, prompt budget.
+//! and how much an answer may cost: retries, timeouts, prompt budget; and
+//! how answers reach a phone (`SMS_*`, the SMS providers' API base URLs).
 
 use std::time::Duration;
 
@@ -35,7 +36,43 @@ pub struct AnswerSettings {
     pub passages: i64,
 }
 
+/// How SMS questions are answered.
+#[derive(Debug, Clone)]
+pub struct SmsSettings {
+    /// `SMS_REPLY_DEADLINE_MS`: how long Twilio's webhook waits for the
+    /// answer to send as TwiML before replying empty and leaving the answer
+    /// to a task (the function may run 10 s; Twilio waits 15 s).
+    pub reply_deadline: Duration,
+    /// `TWILIO_API_BASE_URL`: Twilio's REST API (tests point it at a double).
+    pub twilio_api_base_url: Url,
+    /// `VONAGE_API_BASE_URL`: Vonage's Messages API host.
+    pub vonage_api_base_url: Url,
+}
+
+pub const TWILIO_DEFAULT_API_BASE_URL: &str = "https://api.twilio.com";
+pub const VONAGE_DEFAULT_API_BASE_URL: &str = "https://api.nexmo.com";
+
 impl Vars<'_> {
+    pub(super) fn sms_settings(&mut self) -> SmsSettings {
+        let deadline = self.parsed("SMS_REPLY_DEADLINE_MS", 8_000u64);
+        if !(100..=9_000).contains(&deadline) {
+            self.problem(
+                "SMS_REPLY_DEADLINE_MS",
+                "must be between 100 and 9000: the function itself stops at 10 s",
+            );
+        }
+        let default = |url: &str| Url::parse(url).expect("constant URL parses");
+        SmsSettings {
+            reply_deadline: Duration::from_millis(deadline.clamp(100, 9_000)),
+            twilio_api_base_url: self
+                .url("TWILIO_API_BASE_URL")
+                .unwrap_or_else(|| default(TWILIO_DEFAULT_API_BASE_URL)),
+            vonage_api_base_url: self
+                .url("VONAGE_API_BASE_URL")
+                .unwrap_or_else(|| default(VONAGE_DEFAULT_API_BASE_URL)),
+        }
+    }
+
     /// `CHAT_BASE_URL`/`CHAT_API_KEY`; without them, OpenAI itself when the
     /// embeddings settings are OpenAI's (`OPENAI_API_KEY` and no
     /// `OPENAI_BASE_URL`); otherwise none: answers are extractive.

@@ -24,7 +24,7 @@ use secrecy::{SecretBox, SecretString};
 use url::Url;
 
 pub use access::ClientIpSource;
-pub use answers::{AnswerSettings, ChatProviderConfig};
+pub use answers::{AnswerSettings, ChatProviderConfig, SmsSettings};
 pub use database::{DatabaseConfig, normalise_sslmode, parse_ca_certs};
 pub use knowledge::{
     EmbeddingSettings, EmbeddingsProviderConfig, IngestLimits, OPENAI_DEFAULT_BASE_URL,
@@ -76,6 +76,7 @@ pub struct Config {
     /// None: answers are extractive (quoted passages, no model).
     pub chat: Option<ChatProviderConfig>,
     pub answers: AnswerSettings,
+    pub sms: SmsSettings,
     pub admin_api_key: Option<SecretString>,
     pub cron_secret: Option<SecretString>,
     /// Bearer token for `GET /api/metrics`; unset closes the route.
@@ -174,6 +175,7 @@ impl Config {
         let embeddings = env.embeddings(production);
         let chat = env.chat_provider(production);
         let answers = env.answer_settings();
+        let sms = env.sms_settings();
         let admin_api_key = env.shared_secret("ADMIN_API_KEY", production);
         let cron_secret = env.shared_secret("CRON_SECRET", production);
         let metrics_token = env.shared_secret("METRICS_TOKEN", false);
@@ -213,6 +215,7 @@ impl Config {
             embeddings,
             chat,
             answers,
+            sms,
             admin_api_key,
             cron_secret,
             metrics_token,
