@@ -171,7 +171,7 @@ async fn copy_collections(harness: &Harness, sets: &[Loaded], key: &str) -> anyh
         .await?;
     harness
         .db
-        .batch_execute("drop table copied; analyze keel.chunks; analyze keel.embeddings; analyze keel.postings")
+        .batch_execute("drop table copied; analyze")
         .await?;
     Ok(harness
         .db
