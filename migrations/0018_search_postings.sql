@@ -155,6 +155,7 @@ begin
     referencing old table as changed for each statement execute function keel.index_keywords();
 end $$;
 drop function if exists keel.count_keywords();
+drop function if exists keel.rank_keyword(uuid, tsquery, jsonb, int, float8, float8, float8, float8, int);
 
 -- Up to p_limit of a tenant's chunks by BM25 over the query's words, as in
 -- migrations/0009: title words (weight A) count p_title_weight times, a word
@@ -168,9 +169,9 @@ drop function if exists keel.count_keywords();
 -- what the rarer words left, so a rare word is always read whole and only
 -- the least informative postings of the most common words are left out.
 -- Metadata filters and exclusions are checked on the ranked candidates.
--- (Dropped first: the last argument was 0009's p_max_matches.)
-drop function if exists keel.rank_keyword(uuid, tsquery, jsonb, int, float8, float8, float8, float8, int);
-create or replace function keel.rank_keyword(
+-- A new name, not 0009's keel.rank_keyword, so that re-running 0009 over
+-- this migration recreates its own function instead of failing on it.
+create or replace function keel.rank_keyword_postings(
   p_tenant uuid, p_query tsquery, p_filter jsonb, p_limit int,
   p_k1 float8, p_b float8, p_k3 float8, p_title_weight float8, p_max_postings int
 ) returns jsonb
@@ -271,7 +272,8 @@ end $$;
 -- keyword ranking's bound, now on postings read (`max_postings`, 5,000)
 -- instead of chunks ranked. Modes: `vector` (cosine similarity through the
 -- model's HNSW index, with pgvector's iterative scan so tenant and metadata
--- filters cannot starve the result), `keyword` (BM25, see keel.rank_keyword)
+-- filters cannot starve the result), `keyword` (BM25, see
+-- keel.rank_keyword_postings)
 -- and `hybrid` (weighted reciprocal rank fusion of both).
 -- Each ranking contributes `candidates` chunks (at least top_k); the ranking
 -- knobs below default to the values docs/search-quality.md measured best
@@ -367,7 +369,7 @@ begin
     v_query := websearch_to_tsquery('english',
                  regexp_replace(args->>'query', '(^|\s)-+(?=\s|$)', '\1', 'g'));
     if numnode(v_query) > 0 then
-      v_keyword := keel.rank_keyword(
+      v_keyword := keel.rank_keyword_postings(
         v_tenant, v_query, v_filter, v_candidates,
         coalesce((args->>'bm25_k1')::float8, 1.2),
         coalesce((args->>'bm25_b')::float8, 0.75),
@@ -407,4 +409,4 @@ select keel.lock_down_api();
 revoke all on function keel.posting_impact(int, int) from public, anon, authenticated;
 revoke all on function keel.fold_keyword_deltas(uuid) from public, anon, authenticated;
 revoke all on function keel.index_keywords() from public, anon, authenticated;
-revoke all on function keel.rank_keyword(uuid, tsquery, jsonb, int, float8, float8, float8, float8, int) from public, anon, authenticated;
+revoke all on function keel.rank_keyword_postings(uuid, tsquery, jsonb, int, float8, float8, float8, float8, int) from public, anon, authenticated;
