@@ -155,7 +155,6 @@ begin
     referencing old table as changed for each statement execute function keel.index_keywords();
 end $$;
 drop function if exists keel.count_keywords();
-drop function if exists keel.rank_keyword(uuid, tsquery, jsonb, int, float8, float8, float8, float8, int);
 
 -- Up to p_limit of a tenant's chunks by BM25 over the query's words, as in
 -- migrations/0009: title words (weight A) count p_title_weight times, a word
@@ -164,16 +163,18 @@ drop function if exists keel.rank_keyword(uuid, tsquery, jsonb, int, float8, flo
 -- lies in [0, 1). Words after `-` exclude chunks.
 --
 -- Scores come from keel.postings alone: one index range per query word, in
--- impact order. At most p_max_postings postings are read in all: words are
+-- impact order. At most p_max_matches postings are read in all: words are
 -- taken rarest first, each reading all its postings or an equal share of
 -- what the rarer words left, so a rare word is always read whole and only
 -- the least informative postings of the most common words are left out.
 -- Metadata filters and exclusions are checked on the ranked candidates.
--- A new name, not 0009's keel.rank_keyword, so that re-running 0009 over
--- this migration recreates its own function instead of failing on it.
-create or replace function keel.rank_keyword_postings(
+--
+-- Name and arguments are 0009's, so keel_search (0016) calls it unchanged
+-- and re-running 0009 over this migration replaces it in place: the last
+-- argument, keel_search's 5,000, now bounds postings read (p_max_matches).
+create or replace function keel.rank_keyword(
   p_tenant uuid, p_query tsquery, p_filter jsonb, p_limit int,
-  p_k1 float8, p_b float8, p_k3 float8, p_title_weight float8, p_max_postings int
+  p_k1 float8, p_b float8, p_k3 float8, p_title_weight float8, p_max_matches int
 ) returns jsonb
 language plpgsql
 stable
@@ -186,7 +187,7 @@ declare
   v_excluded tsquery;
   v_terms jsonb := '[]';
   v_term record;
-  v_left int := greatest(p_max_postings, 1);
+  v_left int := greatest(p_max_matches, 1);
   v_words_left int;
   v_take int;
   v_weight float8;
@@ -268,145 +269,8 @@ begin
     ) ranked);
 end $$;
 
--- Hybrid search for the caller's tenant, as in migrations/0009 but for the
--- keyword ranking's bound, now on postings read (`max_postings`, 5,000)
--- instead of chunks ranked. Modes: `vector` (cosine similarity through the
--- model's HNSW index, with pgvector's iterative scan so tenant and metadata
--- filters cannot starve the result), `keyword` (BM25, see
--- keel.rank_keyword_postings)
--- and `hybrid` (weighted reciprocal rank fusion of both).
--- Each ranking contributes `candidates` chunks (at least top_k); the ranking
--- knobs below default to the values docs/search-quality.md measured best
--- (mean over the development collections), and `keel bench quality --sweep`
--- varies them through these arguments.
---
--- The query vector comes from the caller (`embedding`) or the query cache
--- (`query_hash`); on a cache miss the function answers `needs_embedding`
--- after authenticating, so unauthenticated callers never cost a provider call.
--- While a model change is being backfilled, the model with the most vectors
--- for this tenant serves; the function answers `use_model` when that is not
--- the caller's.
-create or replace function public.keel_search(args jsonb) returns jsonb
-language plpgsql
-security definer
-set search_path = keel, extensions, pg_catalog
-as $$
-declare
-  v_tenant uuid := keel.authenticate(args->>'key_hash');
-  v_mode text := args->>'mode';
-  v_model text := args->>'model';
-  v_dimensions int := (args->>'dimensions')::int;
-  v_top_k int := (args->>'top_k')::int;
-  v_candidates int := greatest(coalesce((args->>'candidates')::numeric::int, 40), (args->>'top_k')::int);
-  v_rrf_k float8 := coalesce((args->>'rrf_k')::float8, 10);
-  v_keyword_weight float8 := coalesce((args->>'keyword_weight')::float8, 0.75);
-  v_filter jsonb := coalesce(args->'filter', '{}'::jsonb);
-  v_embedding extensions.vector;
-  v_best record;
-  v_vector jsonb := '[]';
-  v_keyword jsonb := '[]';
-  v_query tsquery;
-begin
-  if v_mode in ('vector', 'hybrid') then
-    if not coalesce((args->>'model_chosen')::boolean, false)
-       and exists (select 1 from keel.embedding_models
-                   where not (model = v_model and dimensions = v_dimensions)) then
-      select e.model, e.dimensions, count(*) as vectors into v_best
-      from keel.embeddings e where e.tenant_id = v_tenant
-      group by e.model, e.dimensions
-      order by count(*) desc, (e.model = v_model and e.dimensions = v_dimensions) desc
-      limit 1;
-      if v_best.model is not null and not (v_best.model = v_model and v_best.dimensions = v_dimensions) then
-        return jsonb_build_object('use_model', jsonb_build_object('model', v_best.model, 'dimensions', v_best.dimensions));
-      end if;
-    end if;
-
-    if jsonb_typeof(args->'embedding') = 'array' then
-      v_embedding := (args->>'embedding')::extensions.vector;
-      if coalesce((args->>'cache_hit')::boolean, false) then
-        perform keel.bump('query_cache_hits');
-      else
-        insert into keel.query_cache (model, dimensions, query_hash, embedding, expires_at)
-        values (v_model, v_dimensions, args->>'query_hash', v_embedding,
-                now() + make_interval(secs => (args->>'cache_ttl_seconds')::int))
-        on conflict (model, dimensions, query_hash)
-        do update set embedding = excluded.embedding, expires_at = excluded.expires_at, created_at = now();
-      end if;
-    else
-      select q.embedding into v_embedding from keel.query_cache q
-      where q.model = v_model and q.dimensions = v_dimensions
-        and q.query_hash = args->>'query_hash' and q.expires_at > now();
-      if v_embedding is null then
-        perform keel.bump('query_cache_misses');
-        return jsonb_build_object('needs_embedding', true);
-      end if;
-      perform keel.bump('query_cache_hits');
-    end if;
-
-    -- relaxed_order: keep scanning the index until enough rows pass the
-    -- filters; the outer ORDER BY restores exact order.
-    perform set_config('hnsw.iterative_scan', 'relaxed_order', true);
-    perform set_config('hnsw.ef_search', greatest(40, v_candidates)::text, true);
-    execute format($q$
-      select coalesce(jsonb_agg(jsonb_build_object('chunk_id', chunk_id, 'score', score) order by score desc), '[]'::jsonb)
-      from (
-        select e.chunk_id, 1 - (e.embedding::extensions.vector(%1$s) <=> $1) as score
-        from keel.embeddings e
-        join keel.chunks c on c.id = e.chunk_id
-        join keel.documents d on d.id = c.document_id
-        where e.model = %2$L and e.dimensions = %1$s and e.tenant_id = $2
-          and d.metadata @> $3
-        order by e.embedding::extensions.vector(%1$s) <=> $1
-        limit $4
-      ) ranked$q$, v_dimensions, v_model)
-    into v_vector
-    using v_embedding::extensions.vector, v_tenant, v_filter, v_candidates;
-  end if;
-
-  if v_mode in ('keyword', 'hybrid') then
-    -- websearch syntax (`-word` excludes, quotes, `or`), except that a dash
-    -- between spaces is punctuation in prose, not an exclusion.
-    v_query := websearch_to_tsquery('english',
-                 regexp_replace(args->>'query', '(^|\s)-+(?=\s|$)', '\1', 'g'));
-    if numnode(v_query) > 0 then
-      v_keyword := keel.rank_keyword_postings(
-        v_tenant, v_query, v_filter, v_candidates,
-        coalesce((args->>'bm25_k1')::float8, 1.2),
-        coalesce((args->>'bm25_b')::float8, 0.75),
-        coalesce((args->>'bm25_k3')::float8, 3),
-        coalesce((args->>'title_weight')::float8, 1),
-        least(coalesce((args->>'max_postings')::numeric::int, 5000), 100000));
-    end if;
-  end if;
-
-  return jsonb_build_object('results', coalesce((
-    select jsonb_agg(jsonb_build_object(
-             'document_id', d.external_id, 'title', d.title, 'chunk_index', c.chunk_index,
-             'content', c.content, 'score', round(f.score::numeric, 6), 'metadata', d.metadata,
-             'source_url', d.source_url) order by f.score desc, c.id)
-    from (
-      select chunk_id, score from (
-        select chunk_id, sum(score) as score from (
-          select (v.value->>'chunk_id')::bigint as chunk_id,
-                 case when v_mode = 'hybrid' then 1.0 / (v_rrf_k + v.ordinality) else (v.value->>'score')::float8 end as score
-          from jsonb_array_elements(v_vector) with ordinality v
-          union all
-          select (k.value->>'chunk_id')::bigint,
-                 case when v_mode = 'hybrid' then v_keyword_weight / (v_rrf_k + k.ordinality) else (k.value->>'score')::float8 end
-          from jsonb_array_elements(v_keyword) with ordinality k
-        ) ranked
-        group by chunk_id
-      ) fused
-      where score >= coalesce((args->>'min_score')::float8, 0)
-      order by score desc, chunk_id
-      limit v_top_k
-    ) f
-    join keel.chunks c on c.id = f.chunk_id
-    join keel.documents d on d.id = c.document_id), '[]'::jsonb));
-end $$;
-
 select keel.lock_down_api();
 revoke all on function keel.posting_impact(int, int) from public, anon, authenticated;
 revoke all on function keel.fold_keyword_deltas(uuid) from public, anon, authenticated;
 revoke all on function keel.index_keywords() from public, anon, authenticated;
-revoke all on function keel.rank_keyword_postings(uuid, tsquery, jsonb, int, float8, float8, float8, float8, int) from public, anon, authenticated;
+revoke all on function keel.rank_keyword(uuid, tsquery, jsonb, int, float8, float8, float8, float8, int) from public, anon, authenticated;
