@@ -519,3 +519,225 @@ async fn behind_a_load_balancer_a_forged_forwarded_for_buys_no_fresh_quota() {
         assert_eq!(statuses, [200, 429, 429], "one client, one quota: {envs:?}");
     }
 }
+
+/// A tenant with a menu, on a fresh database, and the chat double scripted
+/// to answer slowly: three deltas 300 ms apart, so a buffered response would
+/// show as one late write.
+async fn slow_answer_setup() -> (crate::helpers::TestApp, String, String) {
+    use crate::chat_double::{FakeChat, Reply};
+    let app = crate::helpers::spawn_app().await;
+    let key = app.create_tenant("luigis").await;
+    app.put_documents(
+        &key,
+        json!([{"id": "menu", "title": "Menu", "content": "Vegan options: falafel bowl and lentil soup."}]),
+    )
+    .await;
+    let (chat, chat_url) = FakeChat::start().await;
+    let deltas = ["Falafel ", "bowl ", "[1]."].map(str::to_owned).to_vec();
+    // The double serves for as long as the test's runtime runs.
+    chat.script([Reply::Slow(deltas, Duration::from_millis(300))]);
+    (app, key, chat_url)
+}
+
+fn chat_env(chat_url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("CHAT_BASE_URL", chat_url.to_owned()),
+        ("CHAT_API_KEY", crate::chat_double::CHAT_KEY.to_owned()),
+        ("ENCRYPTION_KEY", "5e".repeat(32)),
+    ]
+}
+
+fn widget_question() -> Value {
+    json!({"id": "conv-1", "messages": [{"id": "m1", "role": "user", "parts": [{"type": "text", "text": "vegan options?"}]}]})
+}
+
+/// When each piece of a streamed body arrived, relative to the first.
+fn spread(arrivals: &[(std::time::Instant, Bytes)], needle: &str) -> Duration {
+    let first = arrivals
+        .iter()
+        .find(|(_, bytes)| String::from_utf8_lossy(bytes).contains(needle))
+        .map(|(at, _)| *at)
+        .unwrap_or_else(|| panic!("{needle} never arrived"));
+    arrivals.last().unwrap().0 - first
+}
+
+#[tokio::test]
+async fn the_chat_function_streams_under_the_vercel_runtime_as_the_model_speaks() {
+    let (app, key, chat_url) = slow_answer_setup().await;
+    let port = free_port();
+    let mut envs = chat_env(&chat_url);
+    envs.extend([
+        ("VERCEL", "1".into()),
+        ("VERCEL_DEV_PORT", port.to_string()),
+    ]);
+    let _child = route_binary(env!("CARGO_BIN_EXE_chat"), &app.db, &envs);
+    get_when_up(&format!("http://127.0.0.1:{port}/api/health"), "up").await;
+
+    let mut response = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/api/chat"))
+        .bearer_auth(&key)
+        .json(&widget_question())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-vercel-ai-ui-message-stream"], "v1");
+    let mut arrivals = Vec::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        arrivals.push((std::time::Instant::now(), chunk));
+    }
+
+    let text: String = arrivals
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    assert!(
+        text.contains("\"delta\":\"Falafel \"") && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
+    );
+    assert!(
+        spread(&arrivals, "Falafel ") >= Duration::from_millis(450),
+        "the first words arrived with the last: the body was buffered"
+    );
+}
+
+/// A Lambda Runtime API for a function in response-streaming mode: hands out
+/// one event and records the streamed response's headers and each piece of
+/// its body as it arrives.
+#[derive(Clone, Default)]
+struct StreamingRuntimeApi {
+    event: Arc<Mutex<Option<Value>>>,
+    mode: Arc<Mutex<Option<String>>>,
+    arrivals: Arc<Mutex<Vec<(std::time::Instant, Bytes)>>>,
+    done: Arc<tokio::sync::Notify>,
+}
+
+impl StreamingRuntimeApi {
+    async fn start(event: Value) -> (Self, std::net::SocketAddr) {
+        use http_body_util::BodyExt as _;
+        let api = StreamingRuntimeApi::default();
+        *api.event.lock().unwrap() = Some(event);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = api.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let server = server.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: Request<hyper::body::Incoming>| {
+                            let server = server.clone();
+                            async move {
+                                let path = request.uri().path().to_owned();
+                                if path.ends_with("/invocation/next") {
+                                    let event = server.event.lock().unwrap().take();
+                                    let Some(event) = event else {
+                                        // One event only: the next poll waits for ever.
+                                        std::future::pending::<()>().await;
+                                        unreachable!();
+                                    };
+                                    let deadline = std::time::SystemTime::now()
+                                        .duration_since(std::time::UNIX_EPOCH)
+                                        .unwrap()
+                                        .as_millis()
+                                        + 30_000;
+                                    return Ok::<_, std::convert::Infallible>(
+                                    Response::builder()
+                                        .header("lambda-runtime-aws-request-id", "stream-1")
+                                        .header("lambda-runtime-deadline-ms", deadline.to_string())
+                                        .header("lambda-runtime-invoked-function-arn", "arn:aws:lambda:eu-west-1:123456789012:function:chat")
+                                        .header("content-type", "application/json")
+                                        .body(http_body_util::Full::new(Bytes::from(event.to_string())))
+                                        .unwrap(),
+                                );
+                                }
+                                *server.mode.lock().unwrap() = request
+                                    .headers()
+                                    .get("lambda-runtime-function-response-mode")
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_owned);
+                                let mut body = request.into_body();
+                                while let Some(Ok(frame)) = body.frame().await {
+                                    if let Ok(data) = frame.into_data() {
+                                        server
+                                            .arrivals
+                                            .lock()
+                                            .unwrap()
+                                            .push((std::time::Instant::now(), data));
+                                    }
+                                }
+                                server.done.notify_one();
+                                Ok(Response::builder()
+                                    .status(202)
+                                    .body(http_body_util::Full::new(Bytes::new()))
+                                    .unwrap())
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (api, address)
+    }
+}
+
+#[tokio::test]
+async fn the_chat_function_streams_on_lambda_in_response_streaming_mode() {
+    let (app, key, chat_url) = slow_answer_setup().await;
+    // A function URL invocation (payload 2.0), as InvokeMode RESPONSE_STREAM delivers it.
+    let event = json!({
+        "version": "2.0", "routeKey": "$default", "rawPath": "/api/chat", "rawQueryString": "",
+        "headers": {"authorization": format!("Bearer {key}"), "content-type": "application/json", "x-request-id": "lambda-stream"},
+        "requestContext": {
+            "accountId": "123456789012", "apiId": "url-id", "domainName": "url-id.lambda-url.eu-west-1.on.aws",
+            "domainPrefix": "url-id", "requestId": "id", "routeKey": "$default", "stage": "$default",
+            "time": "12/Mar/2020:19:03:58 +0000", "timeEpoch": 1583348638390i64,
+            "http": {"method": "POST", "path": "/api/chat", "protocol": "HTTP/1.1", "sourceIp": "203.0.113.9", "userAgent": "widget"}
+        },
+        "body": widget_question().to_string(),
+        "isBase64Encoded": false
+    });
+    let (runtime, address) = StreamingRuntimeApi::start(event).await;
+    let mut envs = chat_env(&chat_url);
+    envs.extend([
+        ("AWS_LAMBDA_RUNTIME_API", address.to_string()),
+        ("AWS_LAMBDA_FUNCTION_NAME", "chat".into()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512".into()),
+        ("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/chat".into()),
+        ("AWS_LAMBDA_LOG_STREAM_NAME", "stream".into()),
+    ]);
+    let _child = route_binary(env!("CARGO_BIN_EXE_chat"), &app.db, &envs);
+
+    tokio::time::timeout(Duration::from_secs(20), runtime.done.notified())
+        .await
+        .expect("the function streamed a response");
+
+    assert_eq!(runtime.mode.lock().unwrap().as_deref(), Some("streaming"));
+    let arrivals = runtime.arrivals.lock().unwrap().clone();
+    let whole: Vec<u8> = arrivals.iter().flat_map(|(_, b)| b.to_vec()).collect();
+    // The HTTP integration response: a JSON prelude, eight NUL bytes, the body.
+    let split = whole
+        .windows(8)
+        .position(|w| w == [0u8; 8])
+        .expect("the prelude's NUL separator");
+    let prelude: Value = serde_json::from_slice(&whole[..split]).unwrap();
+    assert_eq!(prelude["statusCode"], 200, "{prelude}");
+    assert_eq!(prelude["headers"]["content-type"], "text/event-stream");
+    assert_eq!(prelude["headers"]["x-vercel-ai-ui-message-stream"], "v1");
+    let body = String::from_utf8_lossy(&whole[split + 8..]).into_owned();
+    assert!(
+        body.contains("\"delta\":\"Falafel \"") && body.ends_with("data: [DONE]\n\n"),
+        "{body}"
+    );
+    assert!(
+        spread(&arrivals, "Falafel ") >= Duration::from_millis(450),
+        "the first words arrived with the last: the body was buffered"
+    );
+}

@@ -215,6 +215,7 @@ pub fn base_vars(db: &TestDatabase) -> HashMap<String, String> {
             "RATE_LIMIT_WEBHOOK_PER_MINUTE".to_owned(),
             "100000".to_owned(),
         ),
+        ("RATE_LIMIT_CHAT_PER_MINUTE".to_owned(), "100000".to_owned()),
     ])
 }
 

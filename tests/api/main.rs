@@ -1,7 +1,11 @@
 //! Keel's integration suite: real Postgres, real HTTP on loopback.
 //! One binary with modules, so the suite links once.
 
+mod answers;
 mod binaries;
+mod chat_clients;
+mod chat_double;
+mod conversations;
 mod database;
 mod dev_secrets;
 mod documents;
@@ -15,6 +19,7 @@ mod local_embeddings;
 mod operations;
 mod postgrest;
 mod privileges;
+mod publishable_keys;
 mod rate_limits;
 mod ready;
 mod search;

@@ -1,11 +1,12 @@
 //! The state built once per cold start and shared by every warm invocation,
 //! assembled from leaf types: configuration, the one HTTP client (TLS set up
-//! once), the database handle, and the knowledge area's state.
+//! once), the database handle, and the knowledge and answers areas' state.
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use crate::answers::pipeline::Answers;
 use crate::knowledge::Knowledge;
 use crate::platform::config::Config;
 use crate::platform::db::Db;
@@ -16,6 +17,7 @@ pub struct App {
     pub http: reqwest::Client,
     pub db: Db,
     pub knowledge: Arc<Knowledge>,
+    pub answers: Arc<Answers>,
 }
 
 impl App {
@@ -29,11 +31,13 @@ impl App {
             .context("building the HTTP client")?;
         let db = Db::from_config(&config, &http).context("setting up the database transport")?;
         let knowledge = Arc::new(Knowledge::new(&config, &http));
+        let answers = Arc::new(Answers::new(&config, &http));
         Ok(Arc::new(Self {
             config,
             http,
             db,
             knowledge,
+            answers,
         }))
     }
 }

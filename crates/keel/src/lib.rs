@@ -7,12 +7,13 @@
 //! - Areas, each with its core and its `handlers.rs`: [`ops`] (rate limits,
 //!   audit, health, metrics, maintenance), [`tenants`], [`knowledge`]
 //!   (documents, embeddings, search), [`tasks`] (the queue engine),
-//!   [`webhooks`].
+//!   [`webhooks`], [`answers`] (chat: conversations, assistant settings).
 //! - [`app`]: the state built once per cold start.
 //! - [`web`]: the request pipeline, `ApiRequest`, `ApiError`, responses and
 //!   the runtime adapters.
 //! - [`routes`] and [`jobs`]: the route table and the task-kind table.
 
+pub mod answers;
 pub mod app;
 pub mod jobs;
 pub mod knowledge;

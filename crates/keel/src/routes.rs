@@ -6,12 +6,15 @@
 //! unauthenticated routes that reach the database per client address, and
 //! webhook intake per endpoint and sender address (with its own, smaller
 //! body limit).
+//! Conversation reads also take publishable keys (`.publishable()`), whose
+//! calls draw from the key's and its visitor's quotas as well.
 //! `/api/health` is not limited: it touches nothing and must answer anyone
 //! (liveness probes); admin, cron and metrics routes are secret-authenticated
 //! operators.
 
 use http::Method;
 
+use crate::answers::handlers as answers;
 use crate::jobs;
 use crate::knowledge::handlers as knowledge;
 use crate::ops::handlers as ops;
@@ -145,10 +148,71 @@ pub fn webhook_intake() -> Route {
     .body_limit(BodyLimit::WebhookIntake)
 }
 
+pub fn conversations() -> Route {
+    Route::new("/api/conversations", &[Method::GET], |app, req| {
+        Box::pin(answers::list(app, req))
+    })
+    .rate_limited(Scope::Tenant)
+}
+
+/// Read by a tenant key, or by the publishable key's visitor who started it.
+pub fn conversation() -> Route {
+    Route::new(
+        "/api/conversations/{id}",
+        &[Method::GET, Method::DELETE],
+        |app, req| Box::pin(answers::conversation(app, req)),
+    )
+    .rate_limited(Scope::Tenant)
+    .publishable()
+}
+
+pub fn assistant() -> Route {
+    Route::new("/api/assistant", &[Method::GET, Method::PUT], |app, req| {
+        Box::pin(answers::assistant(app, req))
+    })
+    .rate_limited(Scope::Tenant)
+}
+
+pub fn publishable_keys() -> Route {
+    Route::new(
+        "/api/publishable-keys",
+        &[Method::GET, Method::POST],
+        |app, req| Box::pin(tenants::publishable_keys(app, req)),
+    )
+    .rate_limited(Scope::Tenant)
+}
+
+pub fn publishable_key() -> Route {
+    Route::new(
+        "/api/publishable-keys/{id}",
+        &[Method::DELETE],
+        |app, req| Box::pin(tenants::revoke_publishable_key(app, req)),
+    )
+    .rate_limited(Scope::Tenant)
+}
+
 pub fn metrics() -> Route {
     Route::new("/api/metrics", &[Method::GET], |app, req| {
         Box::pin(ops::metrics(app, req))
     })
+}
+
+/// Streams its answer; publishable keys may call it from a browser.
+pub fn chat() -> Route {
+    Route::new("/api/chat", &[Method::POST], |app, req| {
+        Box::pin(answers::chat::chat(app, req))
+    })
+    .rate_limited(Scope::Chat)
+    .publishable()
+    .streaming()
+}
+
+pub fn chat_completions() -> Route {
+    Route::new("/api/v1/chat/completions", &[Method::POST], |app, req| {
+        Box::pin(answers::chat::completions(app, req))
+    })
+    .rate_limited(Scope::Chat)
+    .streaming()
 }
 
 pub fn all() -> Vec<Route> {
@@ -171,6 +235,13 @@ pub fn all() -> Vec<Route> {
         webhook_deliveries(),
         webhook_secret(),
         webhook_intake(),
+        conversations(),
+        conversation(),
+        assistant(),
+        publishable_keys(),
+        publishable_key(),
         metrics(),
+        chat(),
+        chat_completions(),
     ]
 }

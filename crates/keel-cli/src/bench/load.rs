@@ -349,6 +349,9 @@ async fn scaled(
                 percentile(&mut http, 0.95)
             ));
         }
+        for row in super::answers::overhead_rows(harness, &scale_key, &queries, scale).await? {
+            table.push(row);
+        }
         let recall = hnsw_recall(harness, &scale_key, &query_vectors).await?;
         table.push(format!(
             "| HNSW recall@10 vs exact at {}k chunks (m 16, ef_construction 64, ef_search 40, iterative scan) | {recall:.3} |",

@@ -15,6 +15,7 @@
 //! the collection through `PUT /api/documents` and embeds it through
 //! `/api/cron/embeddings`, Keel's own path.
 
+mod answers;
 mod collection;
 mod load;
 mod metrics;
@@ -324,6 +325,8 @@ async fn run(options: Options) -> anyhow::Result<()> {
 /// An in-process Keel server and a direct database connection.
 pub struct Harness {
     app: Arc<keel::App>,
+    /// The chat model double answers are timed against.
+    chat: answers::InstantChat,
     client: reqwest::Client,
     base: String,
     db: Client,
@@ -378,6 +381,9 @@ impl Harness {
                 vars.entry(name.into()).or_insert_with(|| value.into());
             }
         }
+        let (chat, chat_url) = answers::InstantChat::start().await?;
+        vars.insert("CHAT_BASE_URL".into(), chat_url);
+        vars.insert("CHAT_API_KEY".into(), answers::CHAT_KEY.into());
         let per_minute = "1000000";
         for (name, value) in [
             ("ADMIN_API_KEY", ADMIN_KEY),
@@ -391,6 +397,7 @@ impl Harness {
             ("RATE_LIMIT_TENANT_PER_MINUTE", per_minute),
             ("RATE_LIMIT_ANONYMOUS_PER_MINUTE", per_minute),
             ("RATE_LIMIT_WEBHOOK_PER_MINUTE", per_minute),
+            ("RATE_LIMIT_CHAT_PER_MINUTE", per_minute),
         ] {
             vars.insert(name.into(), value.into());
         }
@@ -413,6 +420,7 @@ impl Harness {
                 .await?;
         Ok(Self {
             app,
+            chat,
             client: reqwest::Client::new(),
             base,
             db,

@@ -18,7 +18,7 @@ use crate::app::App;
 use crate::platform::config::Environment;
 use crate::web::auth;
 use crate::web::error::UNAVAILABLE_RETRY_AFTER_SECS;
-use crate::web::{ApiError, ApiRequest, HandlerResult, json_of, json_response};
+use crate::web::{ApiError, ApiRequest, Body, HandlerResult, json_of, json_response};
 
 pub async fn live(app: Arc<App>, _request: ApiRequest) -> HandlerResult {
     let config = &app.config;
@@ -115,7 +115,10 @@ pub async fn test_error(app: Arc<App>, request: ApiRequest) -> HandlerResult {
 pub async fn metrics(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     auth::require_secret(app.config.metrics_token.as_ref(), &request)?;
     let snapshot = app.db.run(&KeelMetrics {}).await?;
-    let mut response = Response::new(Bytes::from(metrics::exposition(&app.config, &snapshot)));
+    let mut response = Response::new(Body::from(Bytes::from(metrics::exposition(
+        &app.config,
+        &snapshot,
+    ))));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

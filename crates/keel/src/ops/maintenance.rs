@@ -1,5 +1,6 @@
 //! Hourly maintenance: expires the query-vector cache, prunes old tasks,
-//! deliveries, rate-limit hits and expired idempotency keys, releases stale leases, schedules webhook
+//! deliveries, rate-limit hits, expired idempotency keys and idle
+//! conversations, releases stale leases, schedules webhook
 //! reconciliation, and retires a replaced embedding model's vectors a day
 //! after the change.
 //!
@@ -79,7 +80,11 @@ struct PruneRateLimits {
 /// batch was full (so there may be more).
 #[derive(Debug, Deserialize)]
 struct PrunePass {
-    #[serde(alias = "rate_limit_hits_pruned", alias = "idempotency_keys_pruned")]
+    #[serde(
+        alias = "rate_limit_hits_pruned",
+        alias = "idempotency_keys_pruned",
+        alias = "conversations_pruned"
+    )]
     pruned: u64,
     more: bool,
 }
@@ -105,6 +110,23 @@ impl SqlFunction for PruneIdempotencyKeys {
     const NAME: &'static str = "keel_prune_idempotency_keys";
     type Output = PrunePass;
 }
+
+/// `keel_prune_conversations`: at most `batch` conversations idle for
+/// `retention_days`, with their messages.
+#[derive(Serialize)]
+struct PruneConversations {
+    retention_days: u32,
+    batch: u32,
+}
+
+impl SqlFunction for PruneConversations {
+    const NAME: &'static str = "keel_prune_conversations";
+    type Output = PrunePass;
+}
+
+/// Conversations per call: each takes its messages along, so fewer than
+/// other rows.
+const CONVERSATION_BATCH: u32 = 500;
 
 /// `keel_prune_replaced_vectors`: other models' vectors and jobs, for
 /// tenants the configured model has covered for `after_seconds`.
@@ -135,6 +157,7 @@ pub struct MaintenanceReport {
     #[serde(flatten)]
     pub rate_limits: RateLimitsPruned,
     pub idempotency_keys_pruned: u64,
+    pub conversations_pruned: u64,
     #[serde(flatten)]
     pub replaced_vectors: ReplacedVectorsPruned,
     /// False when the time budget ended the run with work left for the next.
@@ -177,6 +200,15 @@ pub async fn run(
     };
     let (idempotency_keys_pruned, keys_caught_up) =
         prune_until_done(db, &PruneIdempotencyKeys { batch: BATCH }, deadline).await?;
+    let (conversations_pruned, conversations_caught_up) = prune_until_done(
+        db,
+        &PruneConversations {
+            retention_days: settings.conversation_retention_days,
+            batch: CONVERSATION_BATCH,
+        },
+        deadline,
+    )
+    .await?;
     let replaced_vectors = db
         .run(&PruneReplacedVectors {
             model,
@@ -189,8 +221,9 @@ pub async fn run(
         housekeeping,
         rate_limits,
         idempotency_keys_pruned,
+        conversations_pruned,
         replaced_vectors,
-        caught_up: caught_up && hits_caught_up && keys_caught_up,
+        caught_up: caught_up && hits_caught_up && keys_caught_up && conversations_caught_up,
     })
 }
 

@@ -53,8 +53,12 @@ struct Family {
     name: &'static str,
     help: &'static str,
     kind: &'static str,
-    samples: Vec<(Vec<(&'static str, String)>, f64)>,
+    samples: Vec<Sample>,
 }
+
+/// One sample: its name suffix (a histogram's `_bucket`, `_sum`,
+/// `_count`), labels and value.
+type Sample = (&'static str, Vec<(&'static str, String)>, f64);
 
 impl Family {
     fn new(name: &'static str, kind: &'static str, help: &'static str) -> Self {
@@ -66,8 +70,17 @@ impl Family {
         }
     }
 
-    fn sample(mut self, labels: Vec<(&'static str, String)>, value: f64) -> Self {
-        self.samples.push((labels, value));
+    fn sample(self, labels: Vec<(&'static str, String)>, value: f64) -> Self {
+        self.sample_of("", labels, value)
+    }
+
+    fn sample_of(
+        mut self,
+        suffix: &'static str,
+        labels: Vec<(&'static str, String)>,
+        value: f64,
+    ) -> Self {
+        self.samples.push((suffix, labels, value));
         self
     }
 }
@@ -85,7 +98,7 @@ fn render(families: &[Family]) -> String {
     for family in families {
         let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
         let _ = writeln!(out, "# TYPE {} {}", family.name, family.kind);
-        for (labels, value) in &family.samples {
+        for (suffix, labels, value) in &family.samples {
             let labels: Vec<String> = labels
                 .iter()
                 .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
@@ -95,7 +108,7 @@ fn render(families: &[Family]) -> String {
             } else {
                 format!("{{{}}}", labels.join(","))
             };
-            let _ = writeln!(out, "{}{labels} {value}", family.name);
+            let _ = writeln!(out, "{}{suffix}{labels} {value}", family.name);
         }
     }
     out
@@ -220,6 +233,26 @@ fn families(config: &Config, snapshot: &Snapshot) -> Vec<Family> {
         )
         .sample(vec![("outcome", "failed".into())], counter("tasks_failed"))
         .sample(vec![("outcome", "dead".into())], counter("tasks_dead")),
+        Family::new(
+            "keel_chat_tokens_total",
+            "counter",
+            "Chat model tokens spent answering, by kind.",
+        )
+        .sample(
+            vec![("kind", "prompt".into())],
+            counter("chat_tokens_prompt"),
+        )
+        .sample(
+            vec![("kind", "completion".into())],
+            counter("chat_tokens_completion"),
+        ),
+        Family::new(
+            "keel_chat_answers_total",
+            "counter",
+            "Answers given, complete or not.",
+        )
+        .sample(vec![], counter("chat_answers")),
+        time_to_first_token(&counter),
         [
             Scope::Search,
             Scope::Tenant,
@@ -241,6 +274,32 @@ fn families(config: &Config, snapshot: &Snapshot) -> Vec<Family> {
             },
         ),
     ]
+}
+
+/// Buckets of the time-to-first-token histogram, in seconds, as
+/// `keel_chat_observe` (migrations/0016) names its counters.
+const TTFT_BUCKETS: [&str; 7] = ["0.1", "0.25", "0.5", "1", "2.5", "5", "10"];
+
+/// From a chat request's arrival to the first token of its answer.
+fn time_to_first_token(counter: &dyn Fn(&str) -> f64) -> Family {
+    let count = counter("chat_ttft_count");
+    let family = Family::new(
+        "keel_chat_time_to_first_token_seconds",
+        "histogram",
+        "Seconds from a chat request to the first token of its answer.",
+    );
+    TTFT_BUCKETS
+        .iter()
+        .fold(family, |family, bucket| {
+            family.sample_of(
+                "_bucket",
+                vec![("le", (*bucket).to_owned())],
+                counter(&format!("chat_ttft_le_{bucket}")),
+            )
+        })
+        .sample_of("_bucket", vec![("le", "+Inf".to_owned())], count)
+        .sample_of("_sum", vec![], counter("chat_ttft_sum_ms") / 1000.0)
+        .sample_of("_count", vec![], count)
 }
 
 #[cfg(test)]

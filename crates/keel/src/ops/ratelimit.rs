@@ -1,7 +1,9 @@
 //! Request quotas: per tenant on tenant-key routes (per client address for a
 //! key that authenticates no tenant), per client address on unauthenticated
 //! ones, per endpoint and sender address on webhook intake, with limits from
-//! config (`RATE_LIMIT_*`).
+//! config (`RATE_LIMIT_*`). A call made with a publishable key
+//! ([`RateGate::run_publishable`]) also draws from that key's quota and its
+//! visitor's, whose limits are the key's own.
 //!
 //! Serverless instances share no memory, so the count lives in Postgres
 //! (migrations/0005, 0010). A route declares its [`Scope`]; each request gets
@@ -30,6 +32,8 @@ use crate::platform::db::{Db, DbError, SqlFunction};
 pub enum Scope {
     /// `POST /api/search`, per tenant.
     Search,
+    /// The chat routes, per tenant: each request may cost LLM tokens.
+    Chat,
     /// Every other tenant-key route, per tenant.
     Tenant,
     /// Unauthenticated routes that reach the database, per client address.
@@ -43,6 +47,7 @@ impl Scope {
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Search => "search",
+            Scope::Chat => "chat",
             Scope::Tenant => "tenant",
             Scope::Anonymous => "anonymous",
             Scope::Webhook => "webhook",
@@ -52,6 +57,7 @@ impl Scope {
     fn per_minute(self, settings: &RateLimitSettings) -> u32 {
         match self {
             Scope::Search => settings.search_per_minute,
+            Scope::Chat => settings.chat_per_minute,
             Scope::Tenant => settings.tenant_per_minute,
             Scope::Anonymous => settings.anonymous_per_minute,
             Scope::Webhook => settings.webhook_per_minute,
@@ -63,7 +69,7 @@ impl Scope {
     /// webhook endpoint and sender address, else the sender address).
     fn per(self) -> &'static str {
         match self {
-            Scope::Search | Scope::Tenant => "tenant",
+            Scope::Search | Scope::Chat | Scope::Tenant => "tenant",
             Scope::Anonymous => "address",
             Scope::Webhook => "endpoint",
         }
@@ -204,6 +210,30 @@ impl RateGate {
     /// Runs `F`; the request's first call also takes one request from its
     /// quota, or fails with 429 without running.
     pub async fn run<F: SqlFunction>(&self, db: &Db, args: &F) -> Result<F::Output, GateError> {
+        self.run_per(db, args, None).await
+    }
+
+    /// [`RateGate::run`] for a call presenting a publishable key
+    /// (`publishable_key_hash` among `F`'s arguments, with the visitor's
+    /// `visitor_token_hash` if it has one): the first call takes one request
+    /// from the visitor's quota (per client address until it has a token),
+    /// the key's and the tenant's quota of the route's scope. Routes that
+    /// take publishable keys are rate limited, so every such call is counted.
+    pub async fn run_publishable<F: SqlFunction>(
+        &self,
+        db: &Db,
+        args: &F,
+    ) -> Result<F::Output, GateError> {
+        self.run_per(db, args, Some("publishable")).await
+    }
+
+    /// `per` overrides what the scope counts against.
+    async fn run_per<F: SqlFunction>(
+        &self,
+        db: &Db,
+        args: &F,
+        per: Option<&'static str>,
+    ) -> Result<F::Output, GateError> {
         let plan = match &self.plan {
             Some(plan) if self.charged.get().is_none() => plan,
             _ => return Ok(db.run(args).await?),
@@ -215,7 +245,7 @@ impl RateGate {
                 limit: Limit {
                     scope: plan.scope.as_str(),
                     per_minute: plan.per_minute,
-                    per: plan.scope.per(),
+                    per: per.unwrap_or(plan.scope.per()),
                     client_ip: plan.client_ip.map(bucket_subject),
                 },
                 errors: "return",
@@ -271,6 +301,7 @@ mod tests {
             tenant_per_minute: 300,
             anonymous_per_minute: 30,
             webhook_per_minute: 600,
+            chat_per_minute: 20,
         }
     }
 
@@ -332,6 +363,12 @@ mod tests {
                 None,
                 Some((300, "tenant", None)),
                 "tenant scope needs no address",
+            ),
+            (
+                Some(Scope::Chat),
+                Some(ip),
+                Some((20, "tenant", Some(ip))),
+                "chat: per tenant, with its own limit",
             ),
             (
                 Some(Scope::Anonymous),

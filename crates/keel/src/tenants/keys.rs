@@ -24,17 +24,33 @@ pub struct IssuedKey {
 }
 
 pub fn issue_key() -> IssuedKey {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    let key = format!(
-        "{KEY_PREFIX}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    );
+    let key = random_token(KEY_PREFIX);
     IssuedKey {
         hash: hash_key(&key),
         prefix: key[..PUBLIC_PREFIX_LENGTH].to_owned(),
         key,
     }
+}
+
+/// `prefix` followed by 32 random bytes, base64url (43 characters): the
+/// shape of every bearer secret Keel issues (tenant, publishable and
+/// visitor tokens).
+pub fn random_token(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// Whether `token` has the shape [`random_token`] gives with `prefix`.
+pub fn is_token_shaped(token: &str, prefix: &str) -> bool {
+    token.len() == prefix.len() + 43
+        && token.starts_with(prefix)
+        && token[prefix.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 pub fn hash_key(key: &str) -> String {

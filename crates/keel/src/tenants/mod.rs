@@ -1,8 +1,9 @@
-//! Tenants (a restaurant, a shop, a clinic), their API keys, and
-//! [`TenantRef`]: whose data a database call acts on.
+//! Tenants (a restaurant, a shop, a clinic), their API keys and publishable
+//! keys, and [`TenantRef`]: whose data a database call acts on.
 
 pub mod handlers;
 pub mod keys;
+pub mod publishable;
 pub mod store;
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The tenant SQL functions Keel calls (migrations/0002, 0014), one typed
+//! The tenant SQL functions Keel calls (migrations/0002, 0014, 0015), one typed
 //! binding each.
 
 use serde::{Deserialize, Serialize};
@@ -76,4 +76,70 @@ pub struct IssuedKeyRecord {
 impl SqlFunction for IssueKey<'_> {
     const NAME: &'static str = "keel_issue_key";
     type Output = Idempotent<IssuedKeyRecord>;
+}
+
+/// A publishable key as listed (never the key itself).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PublishableKey {
+    pub id: String,
+    pub prefix: String,
+    pub allowed_origins: Vec<String>,
+    /// `/api/search`'s filter shape, `{"metadata": {...}}`, ANDed with
+    /// every chat request's own.
+    pub filter: Option<serde_json::Value>,
+    pub per_minute: u32,
+    pub per_visitor_per_minute: u32,
+    pub created_at: String,
+}
+
+/// `keel_create_publishable_key`: a key for the caller's tenant, audited;
+/// refused (409) past `max_active` live keys.
+#[derive(Serialize)]
+pub struct CreatePublishableKey<'a> {
+    pub new_key_hash: &'a str,
+    pub prefix: &'a str,
+    pub allowed_origins: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<&'a serde_json::Value>,
+    pub per_minute: u32,
+    pub per_visitor_per_minute: u32,
+    pub max_active: u32,
+    pub audit: &'a Audit,
+}
+
+impl SqlFunction for CreatePublishableKey<'_> {
+    const NAME: &'static str = "keel_create_publishable_key";
+    type Output = PublishableKey;
+}
+
+/// `keel_list_publishable_keys`: the tenant's live keys, newest first.
+#[derive(Serialize)]
+pub struct ListPublishableKeys {}
+
+#[derive(Debug, Deserialize)]
+pub struct PublishableKeys {
+    pub publishable_keys: Vec<PublishableKey>,
+}
+
+impl SqlFunction for ListPublishableKeys {
+    const NAME: &'static str = "keel_list_publishable_keys";
+    type Output = PublishableKeys;
+}
+
+/// `keel_revoke_publishable_key`: 404 unless a live key of the tenant.
+#[derive(Serialize)]
+pub struct RevokePublishableKey<'a> {
+    pub id: &'a str,
+    pub audit: &'a Audit,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RevokedPublishableKey {
+    pub id: String,
+    pub revoked_at: String,
+}
+
+impl SqlFunction for RevokePublishableKey<'_> {
+    const NAME: &'static str = "keel_revoke_publishable_key";
+    type Output = RevokedPublishableKey;
 }

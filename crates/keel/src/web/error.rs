@@ -9,11 +9,13 @@
 
 use std::borrow::Cow;
 
-use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::json;
 
+use super::body::Body;
 use super::response::json_response;
+use crate::answers::AnswersError;
+use crate::answers::provider::ProviderError;
 use crate::knowledge::KnowledgeError;
 use crate::ops::idempotency::IdempotencyError;
 use crate::ops::quotas::QuotaExceeded;
@@ -94,6 +96,11 @@ impl ApiError {
     /// (`invalid_signature`, `stale_timestamp`), where revealing it is safe.
     pub fn unauthorized_because(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+
+    /// A valid credential used where it may not be; the message says why.
+    pub fn forbidden(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
     pub fn not_found(message: impl Into<Cow<'static, str>>) -> Self {
@@ -200,7 +207,7 @@ impl ApiError {
 
     /// Renders the error for the client and, for server faults, reports the
     /// cause chain to logs and Sentry.
-    pub fn into_response(self, request_id: &str) -> Response<Bytes> {
+    pub fn into_response(self, request_id: &str) -> Response<Body> {
         if self.status.is_server_error() {
             self.report(request_id);
         }
@@ -308,6 +315,56 @@ impl From<KnowledgeError> for ApiError {
     }
 }
 
+impl From<AnswersError> for ApiError {
+    fn from(error: AnswersError) -> Self {
+        match error {
+            AnswersError::Invalid { field, problem } => ApiError::invalid_field(&field, &problem),
+            AnswersError::Call(error) => error.into(),
+            AnswersError::Knowledge(error) => error.into(),
+            AnswersError::Provider(error) => error.into(),
+            AnswersError::Internal(cause) => cause.into(),
+        }
+    }
+}
+
+/// The chat model failed before anything reached the client: a 503 the
+/// client may retry (after the provider's own `retry-after` when it rate
+/// limits), or a 502 when the provider refused the request as configured
+/// (an unknown model, say), which retrying does not fix.
+impl From<ProviderError> for ApiError {
+    fn from(error: ProviderError) -> Self {
+        match &error {
+            ProviderError::Refused { status, message } => {
+                let mut refused = Self::new(
+                    StatusCode::BAD_GATEWAY,
+                    "chat_provider_refused",
+                    format!("the chat model refused the request ({status}): {message}"),
+                );
+                refused.cause = Some(error.into());
+                refused
+            }
+            ProviderError::RateLimited { retry_after } => {
+                let wait = retry_after.map_or(UNAVAILABLE_RETRY_AFTER_SECS, |w| w.as_secs().max(1));
+                let mut limited = ApiError::unavailable(
+                    "the chat model is rate limiting; retry shortly",
+                    error.into(),
+                );
+                limited.code = "chat_provider_unavailable";
+                limited.retry_after = Some(wait);
+                limited
+            }
+            _ => {
+                let mut down = ApiError::unavailable(
+                    "the chat model is unavailable; retry shortly",
+                    error.into(),
+                );
+                down.code = "chat_provider_unavailable";
+                down
+            }
+        }
+    }
+}
+
 impl From<WebhookError> for ApiError {
     fn from(error: WebhookError) -> Self {
         match error {
@@ -340,6 +397,7 @@ impl ApiError {
         let message = error.client_message();
         match error.class() {
             DbErrorClass::Unauthorized => Self::unauthorized(),
+            DbErrorClass::Forbidden => Self::forbidden(message),
             DbErrorClass::Conflict => Self::conflict(message),
             DbErrorClass::NotFound => Self::not_found(message),
             DbErrorClass::InvalidInput => Self::bad_request("invalid_request", message),
@@ -361,8 +419,8 @@ impl ApiError {
 mod tests {
     use super::*;
 
-    fn body(response: Response<Bytes>) -> serde_json::Value {
-        serde_json::from_slice(response.body()).unwrap()
+    fn body(response: Response<Body>) -> serde_json::Value {
+        serde_json::from_slice(response.body().as_full().unwrap()).unwrap()
     }
 
     #[test]
@@ -370,7 +428,7 @@ mod tests {
         let error = ApiError::internal(anyhow::anyhow!("password=hunter2 leaked in cause"));
         let response = error.into_response("req-1");
         assert_eq!(response.status(), 500);
-        let text = String::from_utf8(response.body().to_vec()).unwrap();
+        let text = String::from_utf8(response.body().as_full().unwrap().to_vec()).unwrap();
         assert!(!text.contains("hunter2"), "{text}");
         assert_eq!(body(response)["error"]["request_id"], "req-1");
     }
@@ -379,6 +437,11 @@ mod tests {
     fn database_errors_map_to_their_http_status() {
         let cases = [
             ("PT401", 401, "an unknown or revoked key"),
+            (
+                "PT403",
+                403,
+                "a publishable key from an origin not on its list",
+            ),
             ("23505", 409, "unique violation is a conflict"),
             ("P0002", 404, "no data found is not found"),
             ("22023", 400, "invalid parameter is a client error"),

@@ -5,6 +5,7 @@
 //! `ApiRequest` or `ApiError`.
 
 pub mod auth;
+pub mod body;
 pub mod error;
 pub mod pipeline;
 pub mod request;
@@ -12,6 +13,7 @@ pub mod response;
 pub mod routing;
 pub mod runtime;
 
+pub use body::{Body, BodyWriter, ClientGone};
 pub use error::ApiError;
 pub use request::ApiRequest;
 pub use response::{idempotent_response, json_of, json_response, page_response};

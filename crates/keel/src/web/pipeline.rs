@@ -12,6 +12,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use tracing::Instrument as _;
 
+use super::body::Body;
 use super::error::ApiError;
 use super::request::ApiRequest;
 use super::routing::{Route, Router};
@@ -27,7 +28,7 @@ pub async fn handle(
     router: &Router,
     request: Request<Result<Bytes, ApiError>>,
     peer: Option<IpAddr>,
-) -> Response<Bytes> {
+) -> Response<Body> {
     let started = Instant::now();
     let request_id = request_id(request.headers());
     let span = tracing::info_span!(
@@ -40,8 +41,15 @@ pub async fn handle(
     );
     async move {
         let origin = request.headers().get(header::ORIGIN).cloned();
+        let publishable = router
+            .find(request.uri().path(), request.uri().query())
+            .is_some_and(|(route, _)| route.publishable);
         let mut response = dispatch(&app, router, request, &request_id, peer).await;
-        decorate(&app, &mut response, &request_id, origin.as_ref(), started);
+        let cors = Cors {
+            origin: origin.as_ref(),
+            publishable,
+        };
+        decorate(&app, &mut response, &request_id, cors, started);
 
         let status = response.status().as_u16();
         let elapsed = started.elapsed();
@@ -70,7 +78,7 @@ async fn dispatch(
     request: Request<Result<Bytes, ApiError>>,
     request_id: &str,
     peer: Option<IpAddr>,
-) -> Response<Bytes> {
+) -> Response<Body> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
     let Some((route, params)) = router.find(&path, parts.uri.query()) else {
@@ -127,19 +135,22 @@ async fn dispatch(
         quota.insert_headers(response.headers_mut());
     }
     if is_head {
-        *response.body_mut() = Bytes::new();
+        *response.body_mut() = Body::empty();
     }
     response
 }
 
-fn preflight(app: &App, route: &Route, headers: &HeaderMap) -> Response<Bytes> {
-    let mut response = Response::new(Bytes::new());
+/// A preflight carries no credential, so a publishable route answers it for
+/// any origin: the request itself is refused (403) unless its key lists
+/// the origin.
+fn preflight(app: &App, route: &Route, headers: &HeaderMap) -> Response<Body> {
+    let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::NO_CONTENT;
     let out = response.headers_mut();
     out.insert(header::VARY, HeaderValue::from_static("Origin"));
     let allowed_origin = headers
         .get(header::ORIGIN)
-        .filter(|origin| origin_allowed(app, origin));
+        .filter(|origin| route.publishable || origin_allowed(app, origin));
     if allowed_origin.is_some()
         && let Ok(methods) = HeaderValue::from_str(&route.allow_header())
     {
@@ -147,7 +158,7 @@ fn preflight(app: &App, route: &Route, headers: &HeaderMap) -> Response<Bytes> {
         out.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             HeaderValue::from_static(
-                "authorization, content-type, x-request-id, idempotency-key, webhook-id, webhook-timestamp, webhook-signature",
+                "authorization, content-type, x-request-id, idempotency-key, webhook-id, webhook-timestamp, webhook-signature, x-keel-visitor-token",
             ),
         );
         out.insert(
@@ -168,12 +179,18 @@ fn origin_allowed(app: &App, origin: &HeaderValue) -> bool {
         .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(origin))
 }
 
+/// The request's `Origin`, and whether its route takes publishable keys.
+struct Cors<'a> {
+    origin: Option<&'a HeaderValue>,
+    publishable: bool,
+}
+
 /// Headers every response carries, success or error.
 fn decorate(
     app: &App,
-    response: &mut Response<Bytes>,
+    response: &mut Response<Body>,
     request_id: &str,
-    origin: Option<&HeaderValue>,
+    cors: Cors<'_>,
     started: Instant,
 ) {
     let production = app.config.is_production();
@@ -203,15 +220,21 @@ fn decorate(
     headers
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
-    if !app.config.cors_origins.is_empty() {
+    if !app.config.cors_origins.is_empty() || cors.publishable {
         headers.append(header::VARY, HeaderValue::from_static("Origin"));
     }
-    if let Some(origin) = origin.filter(|o| origin_allowed(app, o)) {
+    // Publishable routes let any origin read their answers: Keel uses no
+    // cookies, so a page can only act with a key it holds, and the database
+    // has already refused (403) a key used from an origin not on its list.
+    if let Some(origin) = cors
+        .origin
+        .filter(|o| cors.publishable || origin_allowed(app, o))
+    {
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         headers.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static(
-                "x-request-id, retry-after, server-timing, ratelimit-limit, ratelimit-remaining, ratelimit-reset",
+                "x-request-id, retry-after, server-timing, ratelimit-limit, ratelimit-remaining, ratelimit-reset, x-keel-visitor-token",
             ),
         );
     }

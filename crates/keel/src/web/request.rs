@@ -329,7 +329,8 @@ mod tests {
             assert_eq!(error.status().as_u16(), status, "{reason}");
             assert_eq!(error.code(), code, "{reason}");
             let response = error.into_response("r");
-            let json: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+            let json: serde_json::Value =
+                serde_json::from_slice(response.body().as_full().unwrap()).unwrap();
             let text = json["error"]["message"].as_str().unwrap();
             assert!(text.contains(message), "{reason}: {text}");
         }

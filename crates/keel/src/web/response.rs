@@ -5,14 +5,15 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::body::Body;
 use super::error::ApiError;
 use super::routing::HandlerResult;
 use crate::ops::idempotency::REPLAYED_HEADER;
 use crate::platform::db::Page;
 
 /// A JSON response with the given status.
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Bytes> {
-    let mut response = Response::new(Bytes::from(body.to_string()));
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Body::from(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -27,7 +28,7 @@ pub fn idempotent_response(
     status: StatusCode,
     body: &serde_json::Value,
     replayed: bool,
-) -> Response<Bytes> {
+) -> Response<Body> {
     let mut response = json_response(status, body);
     if replayed {
         response

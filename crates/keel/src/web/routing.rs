@@ -7,16 +7,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{Method, Response};
 
+use super::body::Body;
 use super::error::ApiError;
 use super::request::{ApiRequest, decode_path_segment, rewritten_path_param};
 use crate::app::App;
 use crate::ops::ratelimit::Scope;
 use crate::platform::config::Config;
 
-pub type HandlerResult = Result<Response<Bytes>, ApiError>;
+pub type HandlerResult = Result<Response<Body>, ApiError>;
 pub type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
 pub type Handler = fn(Arc<App>, ApiRequest) -> HandlerFuture;
 
@@ -33,6 +33,13 @@ pub struct Route {
     pub rate_scope: Option<Scope>,
     /// The largest request body the route reads.
     pub body_limit: BodyLimit,
+    /// Answers with a streamed body (server-sent events): on Lambda the
+    /// function runs in response-streaming mode.
+    pub streams: bool,
+    /// Callable from any browser origin with a publishable key (its own
+    /// origin list is checked by the database): preflights succeed for any
+    /// origin, and responses allow the request's origin.
+    pub publishable: bool,
 }
 
 /// Which configured body limit a route applies (413 above it).
@@ -63,7 +70,22 @@ impl Route {
             exempt_from_maintenance: false,
             rate_scope: None,
             body_limit: BodyLimit::General,
+            streams: false,
+            publishable: false,
         }
+    }
+
+    pub const fn streaming(mut self) -> Self {
+        self.streams = true;
+        self
+    }
+
+    /// Marks a route publishable keys may call (see [`Route::publishable`]).
+    /// Such routes are rate limited, so each publishable call is counted
+    /// against its key's and visitor's quotas.
+    pub const fn publishable(mut self) -> Self {
+        self.publishable = true;
+        self
     }
 
     pub const fn body_limit(mut self, limit: BodyLimit) -> Self {
@@ -160,6 +182,12 @@ impl Router {
 }
 
 impl Router {
+    /// Whether this function answers with streamed bodies (a deployed
+    /// function serves one route; the dev server streams whenever asked).
+    pub(super) fn streams(&self) -> bool {
+        self.single_function && self.routes[0].streams
+    }
+
     /// The body limit of the route `path` reaches, before the body is read
     /// (no route: the general limit, the 404 needs no body).
     pub(super) fn body_limit(&self, path: &str, query: Option<&str>, config: &Config) -> usize {
@@ -181,7 +209,7 @@ mod tests {
     use super::*;
 
     fn noop(_: Arc<App>, _: ApiRequest) -> HandlerFuture {
-        Box::pin(async { Ok(Response::new(Bytes::new())) })
+        Box::pin(async { Ok(Response::new(Body::empty())) })
     }
 
     #[test]

@@ -21,6 +21,7 @@ use http_body_util::BodyExt as _;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use super::body::Body;
 use super::error::ApiError;
 use super::pipeline::handle;
 use super::routing::{Route, Router};
@@ -123,7 +124,7 @@ async fn read_and_handle<B>(
     router: &Router,
     request: http::Request<B>,
     peer: Option<IpAddr>,
-) -> http::Response<Bytes>
+) -> http::Response<Body>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -192,28 +193,58 @@ async fn vercel(app: Arc<App>, router: Arc<Router>) -> Result<(), BoxError> {
         let router = router.clone();
         async move {
             let response = read_and_handle(app, &router, request, None).await;
-            Ok::<_, vercel_runtime::Error>(response.map(vercel_runtime::ResponseBody::from))
+            Ok::<_, vercel_runtime::Error>(response.map(|body| {
+                // Buffered and streamed bodies alike: Vercel streams what
+                // the function writes (`supportsResponseStreaming`).
+                vercel_runtime::ResponseBody(body.map_err(|never| match never {}).boxed())
+            }))
         }
     });
     vercel_runtime::run(service).await
 }
 
 async fn lambda(app: Arc<App>, router: Arc<Router>) -> Result<(), BoxError> {
-    let service = lambda_http::service_fn(move |request: lambda_http::Request| {
-        let app = app.clone();
-        let router = router.clone();
-        async move {
-            let (stage, peer) = lambda_context(&request);
-            let (mut parts, body) = request.into_parts();
-            let body = Bytes::from(body.to_vec());
-            let path = strip_stage(parts.uri.path(), stage.as_deref());
-            parts.uri = with_path(&parts.uri, &path);
-            let body = Ok(body);
-            let response = handle(app, &router, http::Request::from_parts(parts, body), peer).await;
-            Ok::<_, lambda_http::Error>(to_lambda_response(response))
-        }
-    });
-    lambda_http::run(service).await
+    // A streaming route's function is invoked in response-streaming mode
+    // (a function URL with `InvokeMode: RESPONSE_STREAM`, or a REST API with
+    // `responseTransferMode: STREAM`); every other function answers whole,
+    // which every API Gateway flavour accepts.
+    if router.streams() {
+        let service = lambda_http::service_fn(move |request: lambda_http::Request| {
+            let (app, router) = (app.clone(), router.clone());
+            async move { Ok::<_, lambda_http::Error>(lambda_handle(app, &router, request).await) }
+        });
+        lambda_http::run_with_streaming_response(service).await
+    } else {
+        let service = lambda_http::service_fn(move |request: lambda_http::Request| {
+            let (app, router) = (app.clone(), router.clone());
+            async move {
+                let response = lambda_handle(app, &router, request).await;
+                Ok::<_, lambda_http::Error>(to_lambda_response(response).await)
+            }
+        });
+        lambda_http::run(service).await
+    }
+}
+
+/// Serves one Lambda event: the path without its REST API stage, the client
+/// address from the request context.
+async fn lambda_handle(
+    app: Arc<App>,
+    router: &Router,
+    request: lambda_http::Request,
+) -> http::Response<Body> {
+    let (stage, peer) = lambda_context(&request);
+    let (mut parts, body) = request.into_parts();
+    let body = Bytes::from(body.to_vec());
+    let path = strip_stage(parts.uri.path(), stage.as_deref());
+    parts.uri = with_path(&parts.uri, &path);
+    handle(
+        app,
+        router,
+        http::Request::from_parts(parts, Ok(body)),
+        peer,
+    )
+    .await
 }
 
 fn lambda_context(request: &lambda_http::Request) -> (Option<String>, Option<IpAddr>) {
@@ -272,8 +303,11 @@ fn with_path(uri: &http::Uri, path: &str) -> http::Uri {
     http::Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
-fn to_lambda_response(response: http::Response<Bytes>) -> http::Response<lambda_http::Body> {
+/// A whole body in the shape API Gateway expects: text for JSON and text,
+/// base64-encoded binary otherwise.
+async fn to_lambda_response(response: http::Response<Body>) -> http::Response<lambda_http::Body> {
     let (parts, body) = response.into_parts();
+    let body = body.collect().await;
     let textual = parts
         .headers
         .get(http::header::CONTENT_TYPE)
@@ -321,7 +355,7 @@ pub async fn serve_local(
                 let router = router.clone();
                 async move {
                     let response = read_and_handle(app, &router, request, Some(peer.ip())).await;
-                    Ok::<_, std::convert::Infallible>(response.map(http_body_util::Full::new))
+                    Ok::<_, std::convert::Infallible>(response)
                 }
             });
         let connection = hyper::server::conn::http1::Builder::new()

@@ -9,6 +9,7 @@
 //! [`vars`]; this file assembles them.
 
 mod access;
+mod answers;
 mod database;
 mod knowledge;
 mod operations;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use secrecy::{SecretBox, SecretString};
 
 pub use access::ClientIpSource;
+pub use answers::{AnswerSettings, ChatProviderConfig};
 pub use database::{DatabaseConfig, normalise_sslmode, parse_ca_certs};
 pub use knowledge::{
     EmbeddingSettings, EmbeddingsProviderConfig, IngestLimits, OPENAI_DEFAULT_BASE_URL,
@@ -70,6 +72,9 @@ pub struct Config {
     pub database_choice_note: Option<String>,
     pub db_timeout: Duration,
     pub embeddings: Option<EmbeddingsProviderConfig>,
+    /// None: answers are extractive (quoted passages, no model).
+    pub chat: Option<ChatProviderConfig>,
+    pub answers: AnswerSettings,
     pub admin_api_key: Option<SecretString>,
     pub cron_secret: Option<SecretString>,
     /// Bearer token for `GET /api/metrics`; unset closes the route.
@@ -162,6 +167,8 @@ impl Config {
         let (database, database_choice_note) = env.database(production);
         let db_timeout = Duration::from_millis(env.parsed("DB_TIMEOUT_MS", 5_000u64));
         let embeddings = env.embeddings(production);
+        let chat = env.chat_provider(production);
+        let answers = env.answer_settings();
         let admin_api_key = env.shared_secret("ADMIN_API_KEY", production);
         let cron_secret = env.shared_secret("CRON_SECRET", production);
         let metrics_token = env.shared_secret("METRICS_TOKEN", false);
@@ -198,6 +205,8 @@ impl Config {
             database_choice_note,
             db_timeout,
             embeddings,
+            chat,
+            answers,
             admin_api_key,
             cron_secret,
             metrics_token,

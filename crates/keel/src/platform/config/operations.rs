@@ -1,5 +1,5 @@
-//! Operations settings: rate limits, the task queue and its retention, and
-//! Sentry.
+//! Operations settings: rate limits, the task queue and the retention of
+//! tasks, deliveries and conversations, and Sentry.
 
 use std::time::Duration;
 
@@ -18,6 +18,8 @@ pub struct RateLimitSettings {
     pub anonymous_per_minute: u32,
     /// Per client address, on webhook intake: providers send in bursts.
     pub webhook_per_minute: u32,
+    /// Per tenant, on the chat routes: every request may cost LLM tokens.
+    pub chat_per_minute: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -30,6 +32,8 @@ pub struct TaskSettings {
     pub retry_base: Duration,
     pub task_retention_days: u32,
     pub delivery_retention_days: u32,
+    /// Days a conversation is kept after its last turn.
+    pub conversation_retention_days: u32,
     /// Development only: lets reconciliation pull from loopback/private hosts.
     pub allow_private_pull_urls: bool,
     /// Per-tenant bounds, so one tenant cannot fill the database or the queue.
@@ -54,6 +58,7 @@ impl Vars<'_> {
             tenant_per_minute: self.per_minute("RATE_LIMIT_TENANT_PER_MINUTE", 300),
             anonymous_per_minute: self.per_minute("RATE_LIMIT_ANONYMOUS_PER_MINUTE", 30),
             webhook_per_minute: self.per_minute("RATE_LIMIT_WEBHOOK_PER_MINUTE", 600),
+            chat_per_minute: self.per_minute("RATE_LIMIT_CHAT_PER_MINUTE", 60),
         }
     }
 
@@ -62,6 +67,7 @@ impl Vars<'_> {
             retry_base: Duration::from_secs(self.parsed("TASK_RETRY_BASE_SECONDS", 30u64)),
             task_retention_days: self.parsed("TASK_RETENTION_DAYS", 7u32).max(1),
             delivery_retention_days: self.parsed("WEBHOOK_DELIVERY_RETENTION_DAYS", 30u32).max(1),
+            conversation_retention_days: self.parsed("CONVERSATION_RETENTION_DAYS", 90u32).max(1),
             allow_private_pull_urls: self.flag("ALLOW_PRIVATE_PULL_URLS"),
             quotas: TenantQuotas {
                 webhook_bytes_per_day: self

@@ -91,6 +91,8 @@ fn rate_limits_default_to_the_guides_and_refuse_zero_or_words() {
         .expect("valid");
     assert_eq!(config.rate_limits.search_per_minute, 60);
     assert_eq!(config.rate_limits.anonymous_per_minute, 30);
+    assert_eq!(config.rate_limits.chat_per_minute, 60);
+    assert_eq!(config.tasks.conversation_retention_days, 90);
 
     let result = Config::from_vars(&vars(&[
         ("DATABASE_URL", "postgres://u:p@localhost/keel"),
@@ -98,11 +100,15 @@ fn rate_limits_default_to_the_guides_and_refuse_zero_or_words() {
         ("RATE_LIMIT_ANONYMOUS_PER_MINUTE", "lots"),
         ("RATE_LIMIT_TENANT_PER_MINUTE", "-5"),
         ("RATE_LIMIT_WEBHOOK_PER_MINUTE", "1200"),
+        ("RATE_LIMIT_CHAT_PER_MINUTE", "0"),
+        ("CONVERSATION_RETENTION_DAYS", "forever"),
     ]));
     assert_eq!(
         problem_variables(result),
         vec![
+            "CONVERSATION_RETENTION_DAYS",
             "RATE_LIMIT_ANONYMOUS_PER_MINUTE",
+            "RATE_LIMIT_CHAT_PER_MINUTE",
             "RATE_LIMIT_SEARCH_PER_MINUTE",
             "RATE_LIMIT_TENANT_PER_MINUTE",
         ]

@@ -38,6 +38,9 @@ pub enum DbError {
 pub enum DbErrorClass {
     /// Keel's functions raise PT401 for a missing, unknown or revoked key.
     Unauthorized,
+    /// PT403: a valid credential used where it may not be (a publishable
+    /// key from an origin not on its list).
+    Forbidden,
     Conflict,
     NotFound,
     InvalidInput,
@@ -68,7 +71,10 @@ impl DbError {
         match (self, self.class()) {
             (
                 DbError::Rejected { message, .. },
-                DbErrorClass::Conflict | DbErrorClass::NotFound | DbErrorClass::InvalidInput,
+                DbErrorClass::Forbidden
+                | DbErrorClass::Conflict
+                | DbErrorClass::NotFound
+                | DbErrorClass::InvalidInput,
             ) => message.clone(),
             (_, DbErrorClass::Unavailable) => "the database is unavailable".to_owned(),
             _ => "the database could not complete the request".to_owned(),
@@ -91,6 +97,7 @@ impl DbError {
 fn classify_code(code: &str) -> DbErrorClass {
     match code {
         "PT401" => DbErrorClass::Unauthorized,
+        "PT403" => DbErrorClass::Forbidden,
         "23505" | "23503" | "23P01" => DbErrorClass::Conflict,
         "P0002" | "PGRST116" => DbErrorClass::NotFound,
         "P0001" | "PT400" | "23502" | "23514" => DbErrorClass::InvalidInput,
