@@ -103,6 +103,11 @@ pub async fn run(harness: &Harness, sets: &[Loaded], scale: Option<usize>) -> an
             percentile(&mut took, 0.95),
         ));
     }
+    for row in super::answers::overhead_rows(harness, &judged_key, &queries, judged_chunks as usize)
+        .await?
+    {
+        table.push(row);
+    }
     for mode in MODES {
         let (searches, mut samples) = capacity(harness, &judged_key, &queries, mode).await?;
         table.push(format!(
@@ -349,7 +354,7 @@ async fn scaled(
                 percentile(&mut http, 0.95)
             ));
         }
-        for row in super::answers::overhead_rows(harness, &scale_key, &queries, scale).await? {
+        for row in super::answers::overhead_rows(harness, &scale_key, queries, scale).await? {
             table.push(row);
         }
         let recall = hnsw_recall(harness, &scale_key, &query_vectors).await?;
