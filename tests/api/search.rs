@@ -632,3 +632,148 @@ async fn a_model_preparation_that_times_out_does_not_stop_the_embedding_cron() {
     assert_eq!(report["remaining"], 0, "{report}");
     assert_eq!(small.count(indexes).await, 1, "the next run builds it");
 }
+
+/// Rows of the keyword index that disagree with the tenants' chunks: each
+/// chunk's postings, and each word's chunk count (folded statistics plus
+/// pending deltas), recounted from the chunks themselves.
+async fn keyword_index_disagreements(app: &TestApp) -> i64 {
+    app.count(
+        "with expected as (
+           select c.tenant_id, t.lexeme, c.id as chunk_id, cardinality(t.positions) as tf,
+                  length(c.search_vector) as length
+           from keel.chunks c cross join unnest(c.search_vector) t),
+         postings as (
+           (select tenant_id, lexeme, chunk_id, tf::int, length from keel.postings
+            except all select * from expected)
+           union all
+           (select * from expected
+            except all select tenant_id, lexeme, chunk_id, tf::int, length from keel.postings)),
+         counted as (
+           select tenant_id, lexeme, sum(chunks) as chunks
+           from (select tenant_id, lexeme, chunks from keel.keyword_stats
+                 union all select tenant_id, lexeme, chunks from keel.keyword_stat_deltas) s
+           group by 1, 2 having sum(chunks) <> 0),
+         words as (
+           (select * from counted
+            except select tenant_id, lexeme, count(*) from expected group by 1, 2)
+           union all
+           (select tenant_id, lexeme, count(*) from expected group by 1, 2
+            except select * from counted)),
+         totals as (
+           (select tenant_id, sum(chunks), sum(lexemes)
+            from (select tenant_id, chunks, lexemes from keel.keyword_totals
+                  union all select tenant_id, chunks, lexemes from keel.keyword_total_deltas) s
+            group by 1 having sum(chunks) <> 0
+            except select tenant_id, count(*), sum(length(search_vector)) from keel.chunks group by 1)
+           union all
+           (select tenant_id, count(*), sum(length(search_vector)) from keel.chunks group by 1
+            except select tenant_id, sum(chunks), sum(lexemes)
+            from (select tenant_id, chunks, lexemes from keel.keyword_totals
+                  union all select tenant_id, chunks, lexemes from keel.keyword_total_deltas) s
+            group by 1))
+         select (select count(*) from postings) + (select count(*) from words)
+              + (select count(*) from totals)",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn keyword_search_follows_replaced_and_deleted_documents() {
+    let (_, url) = FakeOpenAi::start().await;
+    let app = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
+    let (restaurant, _) = restaurant_and_clinic(&app).await;
+    let keyword = |query: &str| json!({"query": query, "mode": "keyword", "top_k": 20});
+
+    let body = results(&app, &restaurant, keyword("chickpea curry")).await;
+    assert_eq!(document_ids(&body), ["faq-diet"]);
+
+    let replaced = json!([{"id": "faq-diet", "title": "FAQ: dietary needs",
+        "content": "Gluten-free pasta is available on request."}]);
+    assert_eq!(app.put_documents(&restaurant, replaced).await.status(), 200);
+    let body = results(&app, &restaurant, keyword("chickpea curry")).await;
+    assert_eq!(
+        document_ids(&body),
+        Vec::<String>::new(),
+        "the old words are gone"
+    );
+    let body = results(&app, &restaurant, keyword("gluten pasta")).await;
+    assert_eq!(document_ids(&body), ["faq-diet"]);
+    assert_eq!(keyword_index_disagreements(&app).await, 0);
+
+    let response = app
+        .client
+        .delete(app.url("/api/documents/faq-diet"))
+        .bearer_auth(&restaurant)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = results(&app, &restaurant, keyword("gluten pasta")).await;
+    assert_eq!(document_ids(&body), Vec::<String>::new());
+    assert_eq!(keyword_index_disagreements(&app).await, 0);
+    assert_eq!(
+        app.count("select count(*) from keel.postings p where not exists (select 1 from keel.chunks c where c.id = p.chunk_id)")
+            .await,
+        0,
+        "no posting outlives its chunk"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_writers_of_one_tenant_leave_exact_keyword_statistics() {
+    let (_, url) = FakeOpenAi::start().await;
+    let app = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
+    let key = app.create_tenant("busy-shop").await;
+    let other = app.create_tenant("quiet-shop").await;
+    let batch = |writer: usize, round: usize| {
+        json!((0..20)
+            .map(|i| json!({"id": format!("doc-{writer}-{i}"), "title": format!("Note {i}"),
+                            "content": format!("Writer {writer} wrote round {round} about item {i}; shared words: delivery, returns, warranty.")}))
+            .collect::<Vec<_>>())
+    };
+    // Four writers of one tenant, twice each (the second round replaces
+    // every document), beside another tenant's writer.
+    for round in 0..2 {
+        let writes = (0..4).map(|writer| app.put_documents(&key, batch(writer, round)));
+        let quiet = app.put_documents(&other, batch(9, round));
+        let (statuses, quiet) = tokio::join!(futures::future::join_all(writes), quiet);
+        assert!(statuses.iter().all(|r| r.status() == 200));
+        assert_eq!(quiet.status(), 200);
+    }
+    assert_eq!(keyword_index_disagreements(&app).await, 0);
+
+    let body = results(
+        &app,
+        &key,
+        json!({"query": "writer 3 round 1 item 7", "mode": "keyword", "top_k": 3}),
+    )
+    .await;
+    assert_eq!(document_ids(&body)[0], "doc-3-7", "{body}");
+    let body = results(
+        &app,
+        &other,
+        json!({"query": "warranty", "mode": "keyword", "top_k": 20}),
+    )
+    .await;
+    assert!(
+        document_ids(&body)
+            .iter()
+            .all(|id| id.starts_with("doc-9-")),
+        "{body}"
+    );
+
+    // Tenants are deleted by an operator, in the database.
+    app.db
+        .connect()
+        .await
+        .execute("delete from keel.tenants where slug = 'busy-shop'", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        app.count("select count(*) from keel.postings").await,
+        app.count("select coalesce(sum(length(search_vector)), 0) from keel.chunks")
+            .await,
+        "a deleted tenant leaves only the other tenant's postings"
+    );
+    assert_eq!(keyword_index_disagreements(&app).await, 0);
+}

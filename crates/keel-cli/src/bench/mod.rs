@@ -2,8 +2,10 @@
 //!
 //! - `keel bench quality [DATASET_DIR] [OPTIONS]`: retrieval quality of each
 //!   search mode on each test collection and their mean (quality.rs).
-//! - `keel bench load [DATASET_DIR]`: webhook intake, search latency and HNSW
-//!   recall at 10k and 100k chunks (load.rs).
+//! - `keel bench load [DATASET_DIR] [--scale 100k|1m]`: webhook intake, then
+//!   search latency and capacity per mode over the judged collections in one
+//!   tenant; opt-in, a synthetic tenant grown to 10k, 100k (and 1M) chunks
+//!   with HNSW recall (load.rs).
 //! - `keel bench [DATASET_DIR] [OPTIONS]`: both, sharing one ingestion.
 //!
 //! Every section runs an in-process server (every route, plus the local
@@ -42,7 +44,8 @@ const USAGE: &str = "usage: keel bench [quality|load] [DATASET_DIR] [OPTIONS]
 DATASET_DIR defaults to ../shared/datasets. A directory holding a known
 collection (Cranfield's cran.all.1400, MED's MED.ALL, CACM's cacm.all) is read
 in its layout; a directory of such directories is every one of them, scored
-one after the other and as their mean (the section `load` uses the first).
+one after the other and as their mean (the section `load` searches them all
+in one tenant).
 Options override the layout, for a collection laid out otherwise:
   --documents FILE         documents as .I/.T/.W records
   --queries FILE           queries as .I/.W records
@@ -63,7 +66,11 @@ Quality:
   --reference              compare the keyword ranking with a plain BM25
   --tenant PREFIX          ingest into tenants PREFIX-COLLECTION, created if
                            missing; unchanged documents re-embed nothing, so
-                           re-runs take seconds";
+                           re-runs take seconds
+Load:
+  --scale 100k|1m          also grow a synthetic tenant to 10k, 100k (and 1M)
+                           chunks and measure latency and HNSW recall there
+                           (takes long; never in CI)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Section {
@@ -117,6 +124,8 @@ struct Options {
     layout: LayoutOverrides,
     plan: quality::Plan,
     tenant: Option<String>,
+    /// The largest synthetic scale `load` grows to (`--scale`).
+    scale: Option<usize>,
 }
 
 /// `KNOB=VALUE`, the value as JSON when it parses (numbers), else a string.
@@ -145,6 +154,7 @@ impl Options {
             layout: LayoutOverrides::default(),
             plan: quality::Plan::default(),
             tenant: None,
+            scale: None,
         };
         let mut dataset_dir = None;
         while let Some(arg) = args.next() {
@@ -202,6 +212,13 @@ impl Options {
                     }
                 }
                 "--tenant" => options.tenant = Some(value()?),
+                "--scale" => {
+                    options.scale = Some(match value()?.as_str() {
+                        "100k" => 100_000,
+                        "1m" => 1_000_000,
+                        other => bail!("--scale: `{other}` is not 100k or 1m"),
+                    })
+                }
                 flag if flag.starts_with("--") => bail!("unknown option {flag}"),
                 dir if dataset_dir.is_none() => dataset_dir = Some(PathBuf::from(dir)),
                 extra => bail!("unexpected argument `{extra}`"),
@@ -286,9 +303,6 @@ async fn run(options: Options) -> anyhow::Result<()> {
         );
         collections.push(collection);
     }
-    if options.section == Section::Load {
-        collections.truncate(1);
-    }
     let harness = Harness::start().await?;
     let mut sets = Vec::new();
     for collection in collections {
@@ -303,8 +317,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
         quality::run(&harness, &sets, &options.plan).await?;
     }
     if options.section != Section::Quality {
-        let first = &sets[0];
-        load::run(&harness, &first.collection, &first.ingested).await?;
+        load::run(&harness, &sets, options.scale).await?;
     }
     Ok(())
 }
@@ -657,10 +670,13 @@ mod tests {
         assert_eq!(quality.plan.modes, ["keyword"]);
         assert!(Options::parse(&args("quality --modes fuzzy")).is_err());
         assert!(Options::parse(&args("quality --set rrf_k")).is_err());
+        let load = Options::parse(&args("load")).unwrap();
+        assert_eq!((load.section, load.scale), (Section::Load, None));
         assert_eq!(
-            Options::parse(&args("load")).unwrap().section,
-            Section::Load
+            Options::parse(&args("load --scale 1m")).unwrap().scale,
+            Some(1_000_000)
         );
+        assert!(Options::parse(&args("load --scale 10")).is_err());
         assert!(Options::parse(&args("quality --bogus")).is_err());
         assert!(Options::parse(&args("quality --tenant")).is_err());
         assert!(Options::parse(&args("quality a b")).is_err());

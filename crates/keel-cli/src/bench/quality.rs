@@ -48,8 +48,8 @@ pub struct Plan {
 pub struct Loaded {
     pub collection: Collection,
     pub ingested: Ingested,
-    texts: Vec<String>,
-    vectors: Vec<Vec<f32>>,
+    pub texts: Vec<String>,
+    pub vectors: Vec<Vec<f32>>,
     grades: Vec<Grades>,
     query_embed_time: Duration,
 }
