@@ -197,7 +197,9 @@ begin
       raise exception 'a publishable chat needs new_visitor_token_hash' using errcode = '22023';
     end if;
   else
-    v_tenant := keel.authenticate(args->>'key_hash');
+    -- A tenant key (authenticated here) or a trusted tenant id (an SMS
+    -- endpoint's tenant; only Keel's own role executes this function).
+    v_tenant := keel.resolve_tenant(args);
   end if;
 
   insert into keel.conversations (tenant_id, client_id, publishable_key_id, visitor_token_hash)

@@ -1,9 +1,9 @@
 -- Issue 15, what arrives becomes useful: inbound SMS answered through the
 -- answers pipeline, and Vapi's end-of-call reports kept as conversations.
 --
---   * keel_chat_begin (0015) also takes a trusted caller: the tenant id
---     intake read from the webhook endpoint (never from a client), through
---     keel.resolve_tenant; a tenant key is authenticated exactly as before.
+--   * The trusted caller SMS answers use (the tenant id intake read from the
+--     webhook endpoint, never from a client) is resolved by keel_chat_begin
+--     itself (0015, through keel.resolve_tenant).
 --   * keel.sms_replies: one row per inbound SMS to answer, so the reply goes
 --     out at most once: in the webhook's TwiML response or through the
 --     provider's Messages API from the `sms.reply` task, whichever claims it
@@ -44,64 +44,6 @@ create table if not exists keel.conversation_metadata (
   conversation_id bigint primary key references keel.conversations (id) on delete cascade,
   metadata jsonb not null check (jsonb_typeof(metadata) = 'object' and octet_length(metadata::text) <= 65536)
 );
-
--- As 0015, but the tenant is keel.resolve_tenant(args): a tenant key
--- (authenticated as before) or a trusted tenant id (only Keel's own role
--- executes this function, see keel.lock_down_api). Nothing else changes.
-create or replace function public.keel_chat_begin(args jsonb) returns jsonb
-language plpgsql
-security definer
-set search_path = keel, pg_catalog
-as $$
-declare
-  v_tenant uuid;
-  v_key keel.publishable_keys;
-  v_visitor text;
-  v_minted boolean := false;
-  v_conversation keel.conversations;
-begin
-  if args ? 'publishable_key_hash' then
-    v_key := keel.publishable_key(args);
-    v_tenant := v_key.tenant_id;
-    if keel.known_visitor(v_key.id, args->>'visitor_token_hash') then
-      v_visitor := args->>'visitor_token_hash';
-    else
-      v_visitor := args->>'new_visitor_token_hash';
-      v_minted := true;
-    end if;
-    if v_visitor is null or v_visitor !~ '^[0-9a-f]{64}$' then
-      raise exception 'a publishable chat needs new_visitor_token_hash' using errcode = '22023';
-    end if;
-  else
-    v_tenant := keel.resolve_tenant(args);
-  end if;
-
-  insert into keel.conversations (tenant_id, client_id, publishable_key_id, visitor_token_hash)
-  values (v_tenant, args->>'conversation_id', v_key.id, v_visitor)
-  on conflict (tenant_id, client_id) do nothing
-  returning * into v_conversation;
-  if v_conversation.id is null then
-    select * into v_conversation from keel.conversations c
-    where c.tenant_id = v_tenant and c.client_id = args->>'conversation_id';
-    -- A publishable caller continues only its own visitor's conversation; a
-    -- tenant key continues any of its tenant's.
-    if v_key.id is not null and (v_conversation.publishable_key_id is distinct from v_key.id
-                                 or v_conversation.visitor_token_hash is distinct from v_visitor) then
-      raise exception 'no conversation "%"', args->>'conversation_id' using errcode = 'P0002';
-    end if;
-  end if;
-
-  return jsonb_build_object(
-    'tenant_id', v_tenant,
-    'conversation_id', v_conversation.client_id,
-    'visitor_minted', v_minted,
-    'history', case when coalesce((args->>'load_history')::boolean, false)
-                    then keel.recent_messages(v_conversation.id, coalesce((args->>'history_limit')::int, 50))
-                    else '[]'::jsonb end,
-    'assistant', keel.assistant_json(v_tenant),
-    'filter', v_key.filter,
-    'allowed_origin', case when v_key.id is not null then args->>'origin' end);
-end $$;
 
 -- As 0015, with the conversation's metadata (a call report's summary,
 -- recording URL, ended reason and cost; null for chats).

@@ -42,7 +42,8 @@ impl Body {
     }
 
     /// The whole body, for a buffered body; `None` for a stream.
-    pub fn as_full(&self) -> Option<&Bytes> {
+    #[cfg(test)]
+    pub(crate) fn as_full(&self) -> Option<&Bytes> {
         match self {
             Body::Full(bytes) => Some(bytes),
             Body::Stream(_) => None,
