@@ -188,6 +188,42 @@ impl SmsStack {
         (status, content_type, response.text().await.unwrap())
     }
 
+    async fn vonage_endpoint(&self) -> String {
+        self.endpoint(
+            json!({"source": "sms", "verification": "vonage", "secret": VONAGE_SIGNATURE_SECRET,
+                   "api_key": VONAGE_API_KEY, "api_secret": VONAGE_API_SECRET}),
+        )
+        .await
+    }
+
+    /// Vonage's inbound message webhook for `text`, signed as Vonage signs.
+    async fn post_vonage_text(&self, endpoint: &str, text: &str) -> u16 {
+        let body = json!({"channel": "sms", "message_uuid": uuid::Uuid::new_v4().to_string(),
+                          "to": "447700900001", "from": "447700900000", "text": text,
+                          "timestamp": "2026-12-02T10:00:00Z", "message_type": "text"})
+        .to_string();
+        let url = format!("{PUBLIC_BASE_URL}/api/webhooks/{endpoint}");
+        let authorization = sign(vec![(
+            "vonage",
+            VONAGE_SIGNATURE_SECRET.to_owned(),
+            url,
+            body.clone(),
+        )])
+        .await
+        .remove(0);
+        self.app
+            .client
+            .post(self.app.url(&format!("/api/webhooks/{endpoint}")))
+            .header("content-type", "application/json")
+            .header("authorization", authorization)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     async fn conversation(&self, id: &str) -> Value {
         self.app
             .get_json(&format!("/api/conversations/{id}"), &self.key)
@@ -328,36 +364,11 @@ async fn a_slow_model_leaves_the_reply_to_the_task_which_sends_it_once() {
 #[tokio::test]
 async fn a_vonage_text_is_answered_through_the_messages_api() {
     let stack = sms_stack(true, &[]).await;
-    let endpoint = stack
-        .endpoint(
-            json!({"source": "sms", "verification": "vonage", "secret": VONAGE_SIGNATURE_SECRET,
-                         "api_key": VONAGE_API_KEY, "api_secret": VONAGE_API_SECRET}),
-        )
+    let endpoint = stack.vonage_endpoint().await;
+    let status = stack
+        .post_vonage_text(&endpoint, "Do you have vegan dishes?")
         .await;
-    let body = json!({"channel": "sms", "message_uuid": uuid::Uuid::new_v4().to_string(),
-                      "to": "447700900001", "from": "447700900000", "text": "Do you have vegan dishes?",
-                      "timestamp": "2026-12-02T10:00:00Z", "message_type": "text"})
-    .to_string();
-    let url = format!("{PUBLIC_BASE_URL}/api/webhooks/{endpoint}");
-    let authorization = sign(vec![(
-        "vonage",
-        VONAGE_SIGNATURE_SECRET.to_owned(),
-        url,
-        body.clone(),
-    )])
-    .await
-    .remove(0);
-    let response = stack
-        .app
-        .client
-        .post(stack.app.url(&format!("/api/webhooks/{endpoint}")))
-        .header("content-type", "application/json")
-        .header("authorization", authorization)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(status, 200);
 
     stack.drain_tasks().await;
     let sent = stack.vonage.sent();
@@ -382,6 +393,40 @@ async fn a_vonage_text_is_answered_through_the_messages_api() {
         ))
         .await;
     assert_eq!(plain, 0);
+}
+
+#[tokio::test]
+async fn a_text_is_still_answered_when_its_function_died_right_after_storing_it() {
+    let stack = sms_stack(true, &[]).await;
+    let endpoint = stack.vonage_endpoint().await;
+    let status = stack
+        .post_vonage_text(&endpoint, "Do you have vegan dishes?")
+        .await;
+    assert_eq!(status, 200);
+    // What the database holds when the function dies after the delivery's
+    // transaction and before it enqueues the reply.
+    let client = stack.app.db.connect().await;
+    client
+        .batch_execute(
+            "delete from keel.tasks where kind = 'sms.reply';
+             delete from keel.sms_replies;",
+        )
+        .await
+        .unwrap();
+
+    stack.drain_tasks().await;
+    let sent = stack.vonage.sent();
+    assert_eq!(sent.len(), 1, "{:?}", stack.vonage.received());
+    assert!(
+        sent[0]["text"].as_str().unwrap().contains("falafel bowl"),
+        "{}",
+        sent[0]
+    );
+    let replies = stack
+        .app
+        .count("select count(*) from keel.sms_replies where sent_at is not null")
+        .await;
+    assert_eq!(replies, 1);
 }
 
 #[tokio::test]

@@ -13,9 +13,9 @@ pub const KINDS: &[TaskKind<Arc<App>>] = &[
     TaskKind {
         name: "webhook.process",
         run: |app, task| {
-            Box::pin(
-                async move { processing::process_delivery(&app.db, &app.knowledge, task).await },
-            )
+            Box::pin(async move {
+                processing::process_delivery(&app.db, &app.config, &app.knowledge, task).await
+            })
         },
     },
     TaskKind {

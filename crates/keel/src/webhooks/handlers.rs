@@ -345,7 +345,9 @@ pub async fn receive(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     }
     if let Some((delivery_id, _)) = sms {
         // Vonage does not read the response: the task sends the reply.
-        sms::enqueue_reply(&app.db, &received.tenant_id, delivery_id).await?;
+        let tenant = TenantRef::Trusted(received.tenant_id.clone());
+        let delay = sms::reply_delay(&app.config, received.verification);
+        sms::enqueue_reply(&app.db, &tenant, delivery_id, delay).await?;
     }
     Ok(json_response(
         StatusCode::OK,

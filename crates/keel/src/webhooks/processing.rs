@@ -2,10 +2,12 @@
 //! events keep a tenant's knowledge in sync (`document.upserted`,
 //! `document.deleted`, and a shop's product events, see [`catalogue`]); a
 //! Vapi call's `end-of-call-report` becomes a conversation
-//! ([`call_reports`]); other events are stored for the tenant to consume.
+//! ([`call_reports`]); an inbound text gets its reply task (see [`sms`]);
+//! other events are stored for the tenant to consume.
 //!
 //! [`catalogue`]: super::catalogue
 //! [`call_reports`]: super::call_reports
+//! [`sms`]: super::sms
 //!
 //! Tasks run concurrently and reconciliation replays missed events late, so
 //! document events are applied in event order, not arrival order: each
@@ -19,12 +21,13 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::call_reports;
 use super::catalogue::{self, CatalogueChange};
 use super::presets::Verification;
 use super::store::{FinishWebhookDelivery, OrderDocumentEvents, WebhookDelivery};
+use super::{call_reports, sms};
 use crate::knowledge::documents::DocumentInput;
 use crate::knowledge::{Knowledge, KnowledgeError, documents};
+use crate::platform::config::Config;
 use crate::platform::db::Db;
 use crate::tasks::{Task, TaskError};
 use crate::tenants::TenantRef;
@@ -46,6 +49,7 @@ fn sync_error(error: KnowledgeError) -> TaskError {
 
 pub async fn process_delivery(
     db: &Db,
+    config: &Config,
     knowledge: &Arc<Knowledge>,
     task: Task,
 ) -> Result<(), TaskError> {
@@ -94,6 +98,22 @@ pub async fn process_delivery(
             call_reports::store(db, &tenant, &delivery.payload["message"])
                 .await
                 .map(|()| "processed")
+        }
+        // The webhook enqueued the reply already, unless its function died
+        // right after storing the text: this makes sure.
+        (None, _)
+            if sms::inbound(
+                delivery.verification,
+                &delivery.event_type,
+                &delivery.payload,
+            )
+            .is_some() =>
+        {
+            let delay = sms::reply_delay(config, delivery.verification);
+            sms::enqueue_reply(db, &tenant, delivery.id, delay)
+                .await
+                .map(|()| "processed")
+                .map_err(TaskError::from)
         }
         (None, _) => Ok("stored"),
     };

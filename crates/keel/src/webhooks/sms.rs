@@ -31,7 +31,7 @@ use crate::answers::pipeline::{
     self, AnswerSink, Answers, Disconnected, Outcome, Prepared, Question,
 };
 use crate::knowledge::Knowledge;
-use crate::ops::ratelimit::RateGate;
+use crate::ops::ratelimit::{GateError, RateGate};
 use crate::platform::config::Config;
 use crate::platform::crypto;
 use crate::platform::db::Db;
@@ -235,16 +235,13 @@ pub async fn answer_twilio(
 ) -> Result<Option<String>, WebhookError> {
     let deadline = config.sms.reply_deadline;
     let tenant = TenantRef::Trusted(tenant_id.to_owned());
-    let delay = deadline + TASK_MARGIN;
-    tenant
-        .run(
-            answering.db,
-            &SmsReplyEnqueue {
-                delivery_id,
-                delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-            },
-        )
-        .await?;
+    enqueue_reply(
+        answering.db,
+        &tenant,
+        delivery_id,
+        reply_delay(config, Verification::Twilio),
+    )
+    .await?;
     let conversation = conversation_id(endpoint_id, &sms.from);
     let composed = match tokio::time::timeout(
         deadline,
@@ -283,14 +280,31 @@ pub async fn answer_twilio(
     Ok(Some(twiml_message(&reply)))
 }
 
-/// Vonage's inbound message: the reply always goes through the task.
-pub async fn enqueue_reply(db: &Db, tenant_id: &str, delivery_id: i64) -> Result<(), WebhookError> {
-    TenantRef::Trusted(tenant_id.to_owned())
+/// How long a text's reply task waits before answering: Twilio's until the
+/// response's own deadline has passed (with a margin), Vonage's not at all.
+pub fn reply_delay(config: &Config, verification: Verification) -> Duration {
+    match verification {
+        Verification::Twilio => config.sms.reply_deadline + TASK_MARGIN,
+        _ => Duration::ZERO,
+    }
+}
+
+/// Makes sure the text's reply row and `sms.reply` task exist, due after
+/// `delay`. Idempotent per delivery: the webhook enqueues it at once, and
+/// the delivery's processing again, in case the function died between
+/// storing the delivery and this call.
+pub async fn enqueue_reply(
+    db: &Db,
+    tenant: &TenantRef,
+    delivery_id: i64,
+    delay: Duration,
+) -> Result<(), GateError> {
+    tenant
         .run(
             db,
             &SmsReplyEnqueue {
                 delivery_id,
-                delay_ms: 0,
+                delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
             },
         )
         .await?;
