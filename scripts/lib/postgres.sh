@@ -76,7 +76,8 @@ pg_cluster_start() {
     pg_cluster_tls "$data_dir"
   fi
   if ! pg_as_owner "$PG_BIN/pg_ctl" -D "$data_dir" status >/dev/null 2>&1; then
-    pg_as_owner "$PG_BIN/pg_ctl" -D "$data_dir" -l "$data_dir/server.log" -w -t 30 start >/dev/null
+    # The port asked for wins over the one a kept cluster was created with.
+    pg_as_owner "$PG_BIN/pg_ctl" -D "$data_dir" -l "$data_dir/server.log" -o "-p $port" -w -t 30 start >/dev/null
   fi
 }
 
