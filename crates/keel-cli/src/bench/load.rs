@@ -103,9 +103,7 @@ pub async fn run(harness: &Harness, sets: &[Loaded], scale: Option<usize>) -> an
             percentile(&mut took, 0.95),
         ));
     }
-    for row in super::answers::overhead_rows(harness, &judged_key, &queries, judged_chunks as usize)
-        .await?
-    {
+    for row in super::answers::rows(harness, &judged_key, &queries, judged_chunks as usize).await? {
         table.push(row);
     }
     for mode in MODES {
@@ -354,7 +352,7 @@ async fn scaled(
                 percentile(&mut http, 0.95)
             ));
         }
-        for row in super::answers::overhead_rows(harness, &scale_key, queries, scale).await? {
+        for row in super::answers::rows(harness, &scale_key, queries, scale).await? {
             table.push(row);
         }
         let recall = hnsw_recall(harness, &scale_key, &query_vectors).await?;

@@ -2,7 +2,7 @@
 //!
 //! - `keel bench quality [DATASET_DIR] [OPTIONS]`: retrieval quality of each
 //!   search mode on each test collection and their mean (quality.rs).
-//! - `keel bench load [DATASET_DIR] [--scale 100k|1m]`: webhook intake, then
+//! - `keel bench load [DATASET_DIR] [--scale 10k|100k|1m]`: webhook intake, then
 //!   search latency and capacity per mode over the judged collections in one
 //!   tenant; opt-in, a synthetic tenant grown to 10k, 100k (and 1M) chunks
 //!   with HNSW recall (load.rs).
@@ -68,7 +68,7 @@ Quality:
                            missing; unchanged documents re-embed nothing, so
                            re-runs take seconds
 Load:
-  --scale 100k|1m          also grow a synthetic tenant to 10k, 100k (and 1M)
+  --scale 10k|100k|1m      also grow a synthetic tenant to 10k, 100k (and 1M)
                            chunks and measure latency and HNSW recall there
                            (takes long; never in CI)";
 
@@ -214,9 +214,10 @@ impl Options {
                 "--tenant" => options.tenant = Some(value()?),
                 "--scale" => {
                     options.scale = Some(match value()?.as_str() {
+                        "10k" => 10_000,
                         "100k" => 100_000,
                         "1m" => 1_000_000,
-                        other => bail!("--scale: `{other}` is not 100k or 1m"),
+                        other => bail!("--scale: `{other}` is not 10k, 100k or 1m"),
                     })
                 }
                 flag if flag.starts_with("--") => bail!("unknown option {flag}"),
@@ -435,16 +436,24 @@ impl Harness {
         key: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(key);
-        if let Some(body) = body {
-            request = request.json(body);
+        // A 503 says "retry shortly" (a saturated machine's pool wait, a
+        // database restart): retried as a client would, a few times.
+        for attempt in 1.. {
+            let mut request = self
+                .client
+                .request(method.clone(), format!("{}{path}", self.base))
+                .bearer_auth(key);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = request.send().await?;
+            let status = response.status();
+            if status != reqwest::StatusCode::SERVICE_UNAVAILABLE || attempt == 5 {
+                return Ok((status, response.json().await?));
+            }
+            tokio::time::sleep(Duration::from_secs(attempt)).await;
         }
-        let response = request.send().await?;
-        let status = response.status();
-        Ok((status, response.json().await?))
+        unreachable!("the loop returns by its fifth attempt")
     }
 
     async fn post(&self, path: &str, key: &str, body: &Value) -> anyhow::Result<Value> {
