@@ -378,7 +378,7 @@ async fn a_restaurants_site_stays_current_and_only_the_changed_menu_is_embedded_
     let requests_before = openai.requests().len();
     let started = Instant::now();
     let second = sync(&app, &key, id).await;
-    let unchanged_took = started.elapsed();
+    let changed_took = started.elapsed();
     assert_eq!(second["run"]["changed"], 1, "{second}");
     assert_eq!(second["run"]["unchanged"], 3, "{second}");
     assert!(
@@ -416,8 +416,27 @@ async fn a_restaurants_site_stays_current_and_only_the_changed_menu_is_embedded_
             .unwrap()
             .contains("Saffron risotto")
     );
+
+    // Nothing changes: the re-run writes no document and embeds nothing.
+    let chunks_before = app
+        .count("select count(*) + coalesce(max(id), 0) from keel.chunks")
+        .await;
+    let requests_before = openai.requests().len();
+    let started = Instant::now();
+    let third = sync(&app, &key, id).await;
+    let unchanged_took = started.elapsed();
+    assert_eq!(third["run"]["unchanged"], 4, "{third}");
+    assert_eq!(third["run"]["changed"], 0, "{third}");
+    app.run_embedding_cron().await;
+    assert_eq!(openai.requests().len(), requests_before, "nothing to embed");
+    assert_eq!(
+        app.count("select count(*) + coalesce(max(id), 0) from keel.chunks")
+            .await,
+        chunks_before,
+        "no chunk replaced"
+    );
     eprintln!(
-        "crawl of the fixture: first run {} pages in {first_took:?}; unchanged re-run {unchanged_took:?}",
+        "crawl of the fixture: first run {} pages in {first_took:?}; menu changed {changed_took:?}; nothing changed {unchanged_took:?}",
         first["run"]["pages_fetched"]
     );
 
@@ -663,6 +682,43 @@ async fn a_big_source_resumes_across_overlapping_runs_politely_and_fetches_nothi
         closest >= Duration::from_millis(95),
         "robots.txt's Crawl-delay of 0.1 s holds across runs: {closest:?}"
     );
+}
+
+#[tokio::test]
+async fn a_tenant_lists_no_more_pages_than_its_quota() {
+    let (_openai, openai_url) = FakeOpenAi::start().await;
+    let app = crawler_app(&openai_url, &[("SOURCES_MAX_PAGES_PER_TENANT", "3")]).await;
+    let key = app.create_tenant("joes").await;
+    let site = Site::start().await;
+    restaurant(&site);
+    let id = create_source(
+        &app,
+        &key,
+        json!({"type": "sitemap", "url": site.url("/sitemap.xml")}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let run = sync(&app, &key, &id).await;
+    assert_eq!(run["run"]["changed"], 3, "{run}");
+    assert_eq!(run["source"]["last_run"]["over_quota"], 1, "{run}");
+    assert_eq!(documents(&app, &key).await.len(), 3);
+    let other = create_source(
+        &app,
+        &key,
+        json!({"type": "page", "url": site.url("/about")}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let run = sync(&app, &key, &other).await;
+    assert_eq!(
+        run["run"]["pages_fetched"], 0,
+        "the quota counts every source: {run}"
+    );
+    assert_eq!(run["source"]["last_run"]["over_quota"], 1, "{run}");
 }
 
 #[tokio::test]
