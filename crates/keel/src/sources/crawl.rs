@@ -428,21 +428,23 @@ impl Crawler<'_> {
         page: &KnownPage,
         run: &mut Run,
     ) -> Result<Step, SourceError> {
-        let url = Url::parse(&page.url).expect("listed URLs were parsed");
-        let path = &url[url::Position::BeforePath..url::Position::AfterQuery];
         let mut fetched_host = None;
-        let read = if robots.allows(path) {
-            if !self
-                .take_host(&source.host, self.settings.page_timeout, run)
-                .await?
-            {
-                return Ok(Step::OutOfTime);
+        let read = match Url::parse(&page.url) {
+            Err(_) => Read::Outcome(Outcome::Failed, Some("not an absolute URL".into())),
+            Ok(url) if !robots.allows(request_path(&url)) => {
+                Read::Outcome(Outcome::Disallowed, None)
             }
-            fetched_host = Some(source.host.as_str());
-            run.report.pages_fetched += 1;
-            self.read_page(source, &url, page).await?
-        } else {
-            Read::Outcome(Outcome::Disallowed, None)
+            Ok(url) => {
+                if !self
+                    .take_host(&source.host, self.settings.page_timeout, run)
+                    .await?
+                {
+                    return Ok(Step::OutOfTime);
+                }
+                fetched_host = Some(source.host.as_str());
+                run.report.pages_fetched += 1;
+                self.read_page(source, &url, page).await?
+            }
         };
         let (outcome, error, kept) = match read {
             Read::Outcome(outcome, error) => (outcome, error, None),
@@ -683,9 +685,10 @@ struct Listing<'a> {
 
 impl<'a> Listing<'a> {
     fn new(source: &'a ClaimedSource, robots: &'a Robots) -> Self {
+        // Stored URLs were validated; an opaque origin would match nothing.
         let origin = Url::parse(&source.url)
-            .expect("a stored source URL parses")
-            .origin();
+            .map(|u| u.origin())
+            .unwrap_or_else(|_| url::Origin::new_opaque());
         Self {
             source,
             origin,
@@ -713,7 +716,7 @@ impl<'a> Listing<'a> {
         if url.origin() != self.origin {
             return;
         }
-        let path = &url[url::Position::BeforePath..url::Position::AfterQuery];
+        let path = request_path(&url);
         let included = self.source.include.is_empty()
             || self.source.include.iter().any(|p| robots::matches(p, path));
         let excluded = self.source.exclude.iter().any(|p| robots::matches(p, path));
@@ -725,6 +728,12 @@ impl<'a> Listing<'a> {
             self.urls.push(url);
         }
     }
+}
+
+/// What robots.txt rules and `include`/`exclude` patterns match: the path
+/// and query, as requested.
+fn request_path(url: &Url) -> &str {
+    &url[url::Position::BeforePath..url::Position::AfterQuery]
 }
 
 fn robots_of(stored: &StoredRobots) -> Robots {
