@@ -1053,6 +1053,34 @@ def check_watch(database_url):
                     200,
                     headers=tenant,
                 )
+            body, _ = call(kind, "source-list", "GET", "/api/sources", "/api/sources", 200, headers=tenant)
+            if body:
+                problems.check(body.get("sources") == [], f"[{kind}] sources body {body}")
+            expect_error(
+                kind,
+                "source-list",
+                "POST",
+                "/api/sources",
+                "/api/sources",
+                400,
+                "invalid_field",
+                headers=tenant,
+                body={"type": "sitemap", "url": "https://user:pass@shop.example.com/sitemap.xml"},
+            )
+            unknown_source = "/api/sources/00000000-0000-4000-8000-000000000000"
+            expect_error(
+                kind, "source", "GET", unknown_source, "/api/sources/{id}", 404, "not_found", headers=tenant
+            )
+            expect_error(
+                kind,
+                "source-sync",
+                "POST",
+                f"{unknown_source}/sync",
+                "/api/sources/{id}/sync",
+                404,
+                "not_found",
+                headers=tenant,
+            )
             body, _ = call(
                 kind,
                 "generate",
@@ -1190,6 +1218,7 @@ def check_watch(database_url):
                 ("embeddings", "/api/cron/embeddings"),
                 ("tasks", "/api/cron/tasks"),
                 ("maintenance", "/api/cron/maintenance"),
+                ("sources", "/api/cron/sources"),
             ):
                 expect_error(
                     kind,

@@ -26,6 +26,7 @@ mod search;
 mod sentry;
 mod sms;
 mod sms_doubles;
+mod sources;
 mod support;
 mod tasks;
 mod tenants;

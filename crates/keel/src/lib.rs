@@ -20,6 +20,7 @@ pub mod knowledge;
 pub mod ops;
 pub mod platform;
 pub mod routes;
+pub mod sources;
 pub mod tasks;
 pub mod tenants;
 pub mod web;

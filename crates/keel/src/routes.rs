@@ -19,6 +19,7 @@ use crate::jobs;
 use crate::knowledge::handlers as knowledge;
 use crate::ops::handlers as ops;
 use crate::ops::ratelimit::Scope;
+use crate::sources::handlers as sources;
 use crate::tasks::handlers as tasks;
 use crate::tenants::handlers as tenants;
 use crate::web::{BodyLimit, Route};
@@ -215,6 +216,35 @@ pub fn chat_completions() -> Route {
     .streaming()
 }
 
+pub fn sources() -> Route {
+    Route::new("/api/sources", &[Method::GET, Method::POST], |app, req| {
+        Box::pin(sources::sources(app, req))
+    })
+    .rate_limited(Scope::Tenant)
+}
+
+pub fn source() -> Route {
+    Route::new(
+        "/api/sources/{id}",
+        &[Method::GET, Method::DELETE],
+        |app, req| Box::pin(sources::source(app, req)),
+    )
+    .rate_limited(Scope::Tenant)
+}
+
+pub fn source_sync() -> Route {
+    Route::new("/api/sources/{id}/sync", &[Method::POST], |app, req| {
+        Box::pin(sources::sync(app, req))
+    })
+    .rate_limited(Scope::Tenant)
+}
+
+pub fn cron_sources() -> Route {
+    Route::new("/api/cron/sources", &[Method::GET], |app, req| {
+        Box::pin(sources::cron(app, req))
+    })
+}
+
 pub fn all() -> Vec<Route> {
     vec![
         health(),
@@ -243,5 +273,9 @@ pub fn all() -> Vec<Route> {
         metrics(),
         chat(),
         chat_completions(),
+        sources(),
+        source(),
+        source_sync(),
+        cron_sources(),
     ]
 }

@@ -48,7 +48,7 @@ pub struct DocumentInput {
 }
 
 impl DocumentInput {
-    fn content_hash(&self) -> String {
+    pub fn content_hash(&self) -> String {
         // The separator keeps ("ab", "c") and ("a", "bc") apart.
         sha256_hex(format!("{}\u{0}{}", self.title, self.content))
     }

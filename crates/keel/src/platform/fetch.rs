@@ -1,8 +1,9 @@
 //! The SSRF-guarded outbound client: every URL a tenant gives Keel to fetch
-//! (reconciliation pulls today, site crawling later) goes through [`fetch`].
+//! (reconciliation pulls, crawled sites) goes through [`get`] or [`fetch`].
 //!
 //! Only http(s); the host must resolve to public unicast addresses only
-//! (unless private ones are allowed in development); the connection is pinned
+//! (unless private ones are allowed in development; link-local addresses,
+//! where clouds serve instance metadata, never are); the connection is pinned
 //! to the address that was checked, so a DNS answer cannot change between the
 //! check and the connection; every redirect is checked again; the body is
 //! bounded in bytes and the whole exchange in time. No proxy is ever used
@@ -12,6 +13,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use http::{HeaderMap, StatusCode};
 use url::Url;
 
 use super::tls::tls_config;
@@ -50,6 +52,20 @@ pub fn is_public(ip: IpAddr) -> bool {
         IpAddr::V6(v6) => match embedded_ipv4(v6) {
             Some(v4) => is_public_v4(v4),
             None => is_public_v6(v6),
+        },
+    }
+}
+
+/// Addresses refused even when private ones are allowed (development):
+/// link-local ones (169.254.0.0/16, fe80::/10), where clouds answer with
+/// instance metadata and credentials, and AWS's IPv6 metadata address.
+pub fn is_link_local_or_metadata(ip: IpAddr) -> bool {
+    const AWS_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => match embedded_ipv4(v6) {
+            Some(v4) => v4.is_link_local(),
+            None => (v6.segments()[0] & 0xffc0) == 0xfe80 || v6 == AWS_METADATA_V6,
         },
     }
 }
@@ -104,8 +120,56 @@ fn is_public_v6(v6: Ipv6Addr) -> bool {
             || first == 0x3fff && second < 0x1000) // documentation, 3fff::/20
 }
 
-/// GETs `url` within `limits`; `what` names the URL in errors (`pull_url`).
+/// A response that passed the guard, whatever its status. The body is read
+/// (bounded) only for 2xx answers.
+#[derive(Debug)]
+pub struct Fetched {
+    pub status: StatusCode,
+    /// Where the response came from, after redirects.
+    pub url: Url,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// GETs `url` within `limits`, expecting a 2xx answer, and returns its body;
+/// `what` names the URL in errors (`pull_url`).
 pub async fn fetch(what: &str, url: &str, limits: &FetchLimits) -> Result<Vec<u8>, FetchError> {
+    let fetched = get(what, url, &HeaderMap::new(), limits).await?;
+    if !fetched.status.is_success() {
+        return Err(FetchError::Failed(format!(
+            "{} answered HTTP {}",
+            fetched.url.host_str().unwrap_or_default(),
+            fetched.status.as_u16()
+        )));
+    }
+    Ok(fetched.body)
+}
+
+/// GETs `url` with the caller's `headers` (validators, user agent) within
+/// `limits`, following checked redirects, and returns any final status.
+/// The whole exchange, redirects included, is bounded by `limits.timeout`.
+pub async fn get(
+    what: &str,
+    url: &str,
+    headers: &HeaderMap,
+    limits: &FetchLimits,
+) -> Result<Fetched, FetchError> {
+    tokio::time::timeout(limits.timeout, follow(what, url, headers, limits))
+        .await
+        .unwrap_or_else(|_| {
+            Err(FetchError::Failed(format!(
+                "{what}: no complete answer within {} ms",
+                limits.timeout.as_millis()
+            )))
+        })
+}
+
+async fn follow(
+    what: &str,
+    url: &str,
+    headers: &HeaderMap,
+    limits: &FetchLimits,
+) -> Result<Fetched, FetchError> {
     let mut current = Url::parse(url).map_err(|e| refused(what, e))?;
     for _ in 0..=limits.max_redirects {
         if !matches!(current.scheme(), "http" | "https") {
@@ -124,6 +188,12 @@ pub async fn fetch(what: &str, url: &str, limits: &FetchLimits) -> Result<Vec<u8
         let address = *addresses
             .first()
             .ok_or_else(|| FetchError::Failed(format!("{host} has no address")))?;
+        if addresses.iter().any(|a| is_link_local_or_metadata(a.ip())) {
+            return Err(refused(
+                what,
+                format!("{host} resolves to a link-local (cloud metadata) address"),
+            ));
+        }
         if !limits.allow_private && !addresses.iter().all(|a| is_public(a.ip())) {
             return Err(refused(
                 what,
@@ -139,12 +209,24 @@ pub async fn fetch(what: &str, url: &str, limits: &FetchLimits) -> Result<Vec<u8
             .resolve(&host, address)
             .build()
             .map_err(|e| FetchError::Failed(e.to_string()))?;
+        let unanswered = |e: reqwest::Error| {
+            FetchError::Failed(if e.is_timeout() {
+                format!(
+                    "{host} gave no complete answer within {} ms",
+                    limits.timeout.as_millis()
+                )
+            } else {
+                format!("pulling {host}: {}", e.without_url())
+            })
+        };
         let mut response = client
             .get(current.clone())
+            .headers(headers.clone())
             .send()
             .await
-            .map_err(|e| FetchError::Failed(format!("pulling {host}: {}", e.without_url())))?;
-        if response.status().is_redirection() {
+            .map_err(unanswered)?;
+        let status = response.status();
+        if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
             let location = response
                 .headers()
                 .get(http::header::LOCATION)
@@ -153,27 +235,24 @@ pub async fn fetch(what: &str, url: &str, limits: &FetchLimits) -> Result<Vec<u8
             current = current.join(location).map_err(|e| refused("redirect", e))?;
             continue;
         }
-        if !response.status().is_success() {
-            return Err(FetchError::Failed(format!(
-                "{host} answered HTTP {}",
-                response.status().as_u16()
-            )));
-        }
         let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| FetchError::Failed(format!("reading from {host}: {}", e.without_url())))?
-        {
-            if body.len() + chunk.len() > limits.max_bytes {
-                return Err(refused(
-                    what,
-                    format!("the response is larger than {} bytes", limits.max_bytes),
-                ));
+        if status.is_success() {
+            while let Some(chunk) = response.chunk().await.map_err(unanswered)? {
+                if body.len() + chunk.len() > limits.max_bytes {
+                    return Err(refused(
+                        what,
+                        format!("the response is larger than {} bytes", limits.max_bytes),
+                    ));
+                }
+                body.extend_from_slice(&chunk);
             }
-            body.extend_from_slice(&chunk);
         }
-        return Ok(body);
+        return Ok(Fetched {
+            status,
+            url: current,
+            headers: response.headers().clone(),
+            body,
+        });
     }
     Err(refused(
         what,
@@ -222,6 +301,37 @@ mod tests {
         ];
         for (ip, public) in cases {
             assert_eq!(is_public(ip.parse().unwrap()), public, "{ip}");
+        }
+    }
+
+    #[test]
+    fn metadata_addresses_are_refused_even_where_private_ones_are_allowed() {
+        let cases = [
+            (
+                "169.254.169.254",
+                true,
+                "AWS, GCP and Azure instance metadata",
+            ),
+            ("169.254.0.1", true, "IPv4 link-local"),
+            ("fd00:ec2::254", true, "AWS's IPv6 instance metadata"),
+            ("fe80::1", true, "IPv6 link-local"),
+            (
+                "::ffff:169.254.169.254",
+                true,
+                "metadata behind an IPv4-mapped address",
+            ),
+            ("64:ff9b::a9fe:a9fe", true, "metadata behind NAT64"),
+            ("127.0.0.1", false, "loopback: a local site in development"),
+            ("10.0.0.5", false, "private: a local site in development"),
+            ("fd00::1", false, "unique local, not the metadata address"),
+            ("93.184.216.34", false, "public"),
+        ];
+        for (ip, refused, reason) in cases {
+            assert_eq!(
+                is_link_local_or_metadata(ip.parse().unwrap()),
+                refused,
+                "{ip}: {reason}"
+            );
         }
     }
 }

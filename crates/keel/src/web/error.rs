@@ -22,6 +22,7 @@ use crate::ops::quotas::QuotaExceeded;
 use crate::ops::ratelimit::{GateError, Quota, Scope};
 use crate::platform::db::{DbError, DbErrorClass};
 use crate::platform::telemetry;
+use crate::sources::SourceError;
 use crate::webhooks::WebhookError;
 use crate::webhooks::signatures::Rejection;
 
@@ -311,6 +312,17 @@ impl From<KnowledgeError> for ApiError {
             ),
             KnowledgeError::Call(error) => error.into(),
             KnowledgeError::Internal(cause) => cause.into(),
+        }
+    }
+}
+
+impl From<SourceError> for ApiError {
+    fn from(error: SourceError) -> Self {
+        match error {
+            SourceError::Invalid { field, problem } => ApiError::invalid_field(&field, &problem),
+            SourceError::Busy(_) => ApiError::conflict(error.to_string()),
+            SourceError::Knowledge(error) => error.into(),
+            SourceError::Call(error) => error.into(),
         }
     }
 }

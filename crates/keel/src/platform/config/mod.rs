@@ -5,7 +5,7 @@
 //! [`SecretString`] so `Debug` and logs cannot print them.
 //!
 //! One file per area reads that area's variables ([`database`],
-//! [`knowledge`], [`access`], [`operations`]) through the generic reader in
+//! [`knowledge`], [`access`], [`operations`], [`sources`]) through the generic reader in
 //! [`vars`]; this file assembles them.
 
 mod access;
@@ -13,6 +13,7 @@ mod answers;
 mod database;
 mod knowledge;
 mod operations;
+mod sources;
 mod vars;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ pub use knowledge::{
     SearchSettings,
 };
 pub use operations::{RateLimitSettings, SentryConfig, TaskSettings, TenantQuotas};
+pub use sources::SourceSettings;
 use vars::Vars;
 
 /// Where the deployment runs; decides log format, HSTS and strictness.
@@ -106,6 +108,7 @@ pub struct Config {
     /// How long a cron run may work; below the function's maxDuration.
     pub cron_time_budget: Duration,
     pub tasks: TaskSettings,
+    pub sources: SourceSettings,
 }
 
 /// One variable that is missing, malformed or inconsistent with another.
@@ -197,6 +200,7 @@ impl Config {
         let rate_limits = env.rate_limits();
         let cron_time_budget = Duration::from_millis(env.parsed("CRON_TIME_BUDGET_MS", 45_000u64));
         let tasks = env.task_settings(production);
+        let sources = env.source_settings();
 
         if !env.problems.is_empty() {
             return Err(ConfigError {
@@ -236,6 +240,7 @@ impl Config {
             rate_limits,
             cron_time_budget,
             tasks,
+            sources,
         })
     }
 
