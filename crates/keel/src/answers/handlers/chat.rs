@@ -38,7 +38,8 @@ pub const VISITOR_HEADER: &str = "x-keel-visitor-token";
         (status = 200, description = "The answer as the Vercel AI SDK's UI message stream \
             (server-sent events: `start`, `text-delta`, `data-usage`, `finish`, then `[DONE]`); \
             a publishable key's visitor gets its token in `x-keel-visitor-token`",
-            content_type = "text/event-stream", body = String),
+            content_type = "text/event-stream", body = String,
+            headers(("x-keel-visitor-token" = String, description = "A publishable key's visitor: the token to send back on its next calls"))),
         (status = 400, description = "`invalid_field`: `messages`", body = ErrorBody),
         (status = 403, description = "`forbidden`: the publishable key does not allow the request's `Origin`", body = ErrorBody),
         (status = 404, description = "`not_found`: the conversation belongs to someone else", body = ErrorBody),
