@@ -1245,6 +1245,12 @@ def check_watch(database_url):
                     headers.get("content-type", "").startswith("text/plain") and "keel_info{" in body,
                     f"[{kind}] metrics body {body[:200]}",
                 )
+            body, _ = call(kind, "openapi", "GET", "/api/openapi.json", "/api/openapi.json", 200)
+            if body:
+                problems.check(
+                    body.get("openapi", "").startswith("3.1") and "/api/chat" in body.get("paths", {}),
+                    f"[{kind}] openapi body {str(body)[:200]}",
+                )
 
         # The EventBridge schedules, with exactly the Input the template sends.
         scheduled = []

@@ -2,6 +2,7 @@
 //! One binary with modules, so the suite links once.
 
 mod answers;
+mod api_contract;
 mod binaries;
 mod chat_clients;
 mod chat_double;

@@ -11,12 +11,14 @@
 //! - [`app`]: the state built once per cold start.
 //! - [`web`]: the request pipeline, `ApiRequest`, `ApiError`, responses and
 //!   the runtime adapters.
-//! - [`routes`] and [`jobs`]: the route table and the task-kind table.
+//! - [`routes`] and [`jobs`]: the route table and the task-kind table;
+//!   [`openapi`]: the OpenAPI document of the route table.
 
 pub mod answers;
 pub mod app;
 pub mod jobs;
 pub mod knowledge;
+pub mod openapi;
 pub mod ops;
 pub mod platform;
 pub mod routes;

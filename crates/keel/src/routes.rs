@@ -17,6 +17,7 @@ use http::Method;
 use crate::answers::handlers as answers;
 use crate::jobs;
 use crate::knowledge::handlers as knowledge;
+use crate::openapi;
 use crate::ops::handlers as ops;
 use crate::ops::ratelimit::Scope;
 use crate::sources::handlers as sources;
@@ -42,6 +43,13 @@ pub fn ready() -> Route {
 pub fn test_error() -> Route {
     Route::new("/api/test-error", &[Method::GET], |app, req| {
         Box::pin(ops::test_error(app, req))
+    })
+}
+
+/// The OpenAPI document of every route (see `openapi`).
+pub fn openapi() -> Route {
+    Route::new("/api/openapi.json", &[Method::GET], |app, req| {
+        Box::pin(openapi::serve(app, req))
     })
 }
 
@@ -250,6 +258,7 @@ pub fn all() -> Vec<Route> {
         health(),
         ready(),
         test_error(),
+        openapi(),
         tenants(),
         tenant_keys(),
         documents(),

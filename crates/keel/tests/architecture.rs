@@ -73,7 +73,7 @@ fn node_of(module: &[String]) -> Option<Node> {
         "app" | "App" => Node::App,
         "web" | "ApiError" => Node::Web,
         "jobs" => Node::Jobs,
-        "routes" => Node::Routes,
+        "routes" | "openapi" => Node::Routes,
         area if AREAS.contains(&area) => {
             if module.get(1).map(String::as_str) == Some("handlers") {
                 Node::Handlers(area.to_owned())

@@ -19,6 +19,7 @@ pub mod store;
 pub mod wire;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::ops::ratelimit::GateError;
 use crate::platform::db::{DbError, DbErrorClass};
@@ -29,7 +30,7 @@ pub const MAX_INSTRUCTIONS_CHARS: usize = 8000;
 pub const MAX_ANSWER_TOKENS: u32 = 4096;
 
 /// What a passage of an answer cited.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Citation {
     pub document_id: String,
     pub title: Option<String>,
@@ -39,7 +40,7 @@ pub struct Citation {
 }
 
 /// Tokens one answer cost, as the provider reported them.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
@@ -61,20 +62,24 @@ impl std::ops::Add for Usage {
 }
 
 /// How a tenant's assistant answers (`GET`/`PUT /api/assistant`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AssistantSettings {
     /// Persona, tone, what to refuse: at most [`MAX_INSTRUCTIONS_CHARS`].
     #[serde(default)]
+    #[schema(max_length = 8000)]
     pub instructions: String,
     /// `None`: the deployment's `CHAT_MODEL`.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200, pattern = r"^\S+$")]
     pub model: Option<String>,
     /// 0 to 2.
     #[serde(default = "default_temperature", serialize_with = "serialize_shortest")]
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: f32,
     /// 1 to [`MAX_ANSWER_TOKENS`].
     #[serde(default = "default_max_answer_tokens")]
+    #[schema(minimum = 1, maximum = 4096)]
     pub max_answer_tokens: u32,
 }
 
@@ -142,7 +147,7 @@ impl AssistantSettings {
 }
 
 /// One stored turn of a conversation.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct StoredMessage {
     /// `user` or `assistant`.
     pub role: String,

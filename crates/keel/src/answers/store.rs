@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::{AssistantSettings, Citation, StoredMessage, Usage};
 use crate::ops::audit::Audit;
@@ -89,7 +90,7 @@ impl SqlFunction for ChatRecord<'_> {
 }
 
 /// A conversation as listed.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ConversationSummary {
     pub id: String,
     /// The first user message, shortened.
@@ -123,7 +124,7 @@ pub struct GetConversation<'a> {
     pub message_limit: u32,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Conversation {
     #[serde(flatten)]
     pub summary: ConversationSummary,
@@ -131,6 +132,7 @@ pub struct Conversation {
     /// What a voice call's report says beside its transcript (summary,
     /// recording URL, ended reason, cost); null for chats.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
 }
 
@@ -145,7 +147,8 @@ pub struct DeleteConversation<'a> {
     pub id: &'a str,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = DeletedConversation)]
 pub struct Deleted {
     pub deleted: bool,
 }

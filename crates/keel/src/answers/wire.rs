@@ -6,6 +6,7 @@
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use utoipa::ToSchema;
 
 use super::{AnswersError, Citation, Usage};
 use crate::knowledge::search::Mode;
@@ -36,21 +37,28 @@ pub const DONE: &str = "data: [DONE]\n\n";
 
 /// `POST /api/chat`, as `useChat` (`DefaultChatTransport`) sends it; the
 /// widget's extra `body` fields may add `filter` and `search_mode`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct UiChatRequest {
+    /// The conversation's id (`useChat`'s chat id); a new one starts a conversation.
     pub id: Option<String>,
+    /// The chat so far; the last message is the user's question.
     pub messages: Vec<UiMessage>,
+    /// `/api/search`'s metadata filter, ANDed with the publishable key's.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub filter: Option<Map<String, Value>>,
     /// Keel's: how to search (default hybrid).
     #[serde(default)]
     pub search_mode: Mode,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct UiMessage {
+    /// `user`, `assistant` or `system`.
     pub role: String,
+    /// The UI message parts; the `text` parts are read.
     #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
     pub parts: Vec<Value>,
 }
 
@@ -99,30 +107,40 @@ impl UiChatRequest {
 /// `POST /api/v1/chat/completions`: OpenAI's body, plus Keel's optional
 /// `filter`, `search_mode` and `conversation_id` (Vapi's `call.id` names the
 /// conversation when no `conversation_id` is given).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CompletionsRequest {
+    /// Ignored: the tenant's assistant settings pick the model.
     #[serde(default)]
     pub model: Option<String>,
+    /// OpenAI's chat messages; the last user message is the question.
+    #[schema(value_type = Vec<Object>)]
     pub messages: Vec<Value>,
     #[serde(default)]
     pub stream: bool,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
     pub tools: Option<Value>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub tool_choice: Option<Value>,
+    /// `/api/search`'s metadata filter.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub filter: Option<Map<String, Value>>,
+    /// Names the conversation the turn is stored in.
     #[serde(default)]
     pub conversation_id: Option<String>,
+    /// Vapi's call: its `id` names the conversation without `conversation_id`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub call: Option<Value>,
     #[serde(default)]
     pub search_mode: Mode,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,

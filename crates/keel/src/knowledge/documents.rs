@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::chunker::Chunk;
 use super::store::{
@@ -28,21 +29,28 @@ const MAX_METADATA_BYTES: usize = 16 * 1024;
 const MAX_URL_CHARS: usize = 2048;
 
 /// The body of `PUT /api/documents`, and of a `document.upserted` webhook's `data`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpsertRequest {
+    /// 1 to `MAX_DOCUMENTS_PER_REQUEST` documents.
+    #[schema(min_items = 1)]
     pub documents: Vec<DocumentInput>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DocumentInput {
+    /// Yours: 1 to 256 characters; an existing id is replaced.
     pub id: String,
+    /// At most 500 characters.
     #[serde(default)]
     pub title: String,
     pub content: String,
+    /// A JSON object of at most 16 KiB, matched by search filters.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    /// An absolute http(s) URL of at most 2048 characters.
     #[serde(default)]
     pub source_url: Option<String>,
 }

@@ -6,14 +6,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Method, StatusCode};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::documents::{self, UpsertRequest};
 use super::jobs::{self, RunReport};
-use super::search::{self, SearchRequest};
+use super::search::{self, SearchRequest, SearchResults};
+use super::store::{DeletedDocument, DocumentSummary, Requeued, UpsertCounts};
 use crate::app::App;
 use crate::web::auth;
-use crate::web::{ApiError, ApiRequest, HandlerResult, json_of, json_response, page_response};
+use crate::web::error::ErrorBody;
+use crate::web::{ApiRequest, HandlerResult, json_of, list_page};
 
 /// `GET` and `PUT` share `/api/documents`.
 pub async fn documents(app: Arc<App>, request: ApiRequest) -> HandlerResult {
@@ -24,8 +27,30 @@ pub async fn documents(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     }
 }
 
+list_page!(DocumentList, documents, DocumentSummary);
+
+/// What an embedding run did, and how long it took.
+#[derive(Serialize, ToSchema)]
+pub struct EmbeddingRun {
+    #[serde(flatten)]
+    report: RunReport,
+    took_ms: u64,
+}
+
 /// `PUT /api/documents` `{"documents":[…]}`.
-async fn upsert(app: Arc<App>, request: ApiRequest) -> HandlerResult {
+#[utoipa::path(
+    put,
+    path = "/api/documents",
+    tag = "knowledge",
+    security(("tenant_key" = [])),
+    request_body = UpsertRequest,
+    responses(
+        (status = 200, description = "What the upsert did; new chunks wait for embedding", body = UpsertCounts),
+        (status = 400, description = "`invalid_field`: `documents`, or `documents[i].<field>`", body = ErrorBody),
+        (status = 409, description = "`conflict`: a concurrent writer kept changing the same documents", body = ErrorBody),
+    )
+)]
+pub async fn upsert(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     let tenant = auth::tenant(&request)?;
     let body: UpsertRequest = request.json()?;
     documents::validate(&body.documents, &app.knowledge.limits)?;
@@ -34,7 +59,21 @@ async fn upsert(app: Arc<App>, request: ApiRequest) -> HandlerResult {
 }
 
 /// `GET /api/documents?limit=&cursor=`.
-async fn list(app: Arc<App>, request: ApiRequest) -> HandlerResult {
+#[utoipa::path(
+    get,
+    path = "/api/documents",
+    tag = "knowledge",
+    security(("tenant_key" = [])),
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Default 50"),
+        ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "Documents by id, with their embedding state", body = DocumentList),
+        (status = 400, description = "`invalid_field`: `limit` or `cursor`", body = ErrorBody),
+    )
+)]
+pub async fn list(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     let tenant = auth::tenant(&request)?;
     let page = request.page(50, 200)?;
     let documents = documents::list(
@@ -45,10 +84,22 @@ async fn list(app: Arc<App>, request: ApiRequest) -> HandlerResult {
         page.cursor.as_deref(),
     )
     .await?;
-    page_response("documents", documents)
+    json_of(StatusCode::OK, &DocumentList::from(documents))
 }
 
 /// `DELETE /api/documents/{id}`: the document, its chunks and their vectors.
+#[utoipa::path(
+    delete,
+    path = "/api/documents/{id}",
+    tag = "knowledge",
+    security(("tenant_key" = [])),
+    params(("id" = String, Path, description = "The document's id")),
+    responses(
+        (status = 200, description = "Deleted", body = DeletedDocument),
+        (status = 400, description = "`invalid_field`: `id`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no document of the tenant with that id", body = ErrorBody),
+    )
+)]
 pub async fn delete(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     let tenant = auth::tenant(&request)?;
     let deleted = documents::delete(&app.db, &tenant, request.param("id")).await?;
@@ -56,6 +107,17 @@ pub async fn delete(app: Arc<App>, request: ApiRequest) -> HandlerResult {
 }
 
 /// `POST /api/search`.
+#[utoipa::path(
+    post,
+    path = "/api/search",
+    tag = "knowledge",
+    security(("tenant_key" = [])),
+    request_body = SearchRequest,
+    responses(
+        (status = 200, description = "The best chunks; keyword results when vector search degraded", body = SearchResults),
+        (status = 400, description = "`invalid_field`: `query`, `top_k`, `min_score` or `filter`", body = ErrorBody),
+    )
+)]
 pub async fn search(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     let tenant = auth::tenant(&request)?;
     let body: SearchRequest = request.json()?;
@@ -64,12 +126,26 @@ pub async fn search(app: Arc<App>, request: ApiRequest) -> HandlerResult {
 }
 
 fn report_response(report: RunReport, started: Instant) -> HandlerResult {
-    let mut body = serde_json::to_value(&report).map_err(|e| ApiError::internal(e.into()))?;
-    body["took_ms"] = json!(started.elapsed().as_millis() as u64);
-    Ok(json_response(StatusCode::OK, &body))
+    json_of(
+        StatusCode::OK,
+        &EmbeddingRun {
+            report,
+            took_ms: started.elapsed().as_millis() as u64,
+        },
+    )
 }
 
 /// `GET /api/cron/embeddings`: every tenant's backlog, within the cron budget.
+#[utoipa::path(
+    get,
+    path = "/api/cron/embeddings",
+    tag = "cron",
+    security(("cron_secret" = [])),
+    responses(
+        (status = 200, description = "What the run embedded, retried and left", body = EmbeddingRun),
+        (status = 503, description = "`unavailable`: no embeddings provider configured", body = ErrorBody),
+    )
+)]
 pub async fn cron(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     auth::require_cron(&app, &request)?;
     let started = Instant::now();
@@ -79,6 +155,16 @@ pub async fn cron(app: Arc<App>, request: ApiRequest) -> HandlerResult {
 }
 
 /// `POST /api/embeddings/generate`: the caller's own backlog, on demand.
+#[utoipa::path(
+    post,
+    path = "/api/embeddings/generate",
+    tag = "knowledge",
+    security(("tenant_key" = [])),
+    responses(
+        (status = 200, description = "What the run embedded, retried and left", body = EmbeddingRun),
+        (status = 503, description = "`unavailable`: no embeddings provider configured", body = ErrorBody),
+    )
+)]
 pub async fn generate(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     let tenant = auth::tenant(&request)?;
     let started = Instant::now();
@@ -94,6 +180,13 @@ pub async fn generate(app: Arc<App>, request: ApiRequest) -> HandlerResult {
 
 /// `POST /api/embeddings/retry`: the caller's failed chunks, queued again
 /// with a fresh set of attempts.
+#[utoipa::path(
+    post,
+    path = "/api/embeddings/retry",
+    tag = "knowledge",
+    security(("tenant_key" = [])),
+    responses((status = 200, description = "How many failed chunks were queued again", body = Requeued))
+)]
 pub async fn retry(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     let tenant = auth::tenant(&request)?;
     let requeued = jobs::retry_failed(&app.db, &app.knowledge, &tenant).await?;

@@ -17,6 +17,7 @@
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::embedder::{Embedder, EmbeddingError, FailureClass};
 use super::store::{
@@ -36,7 +37,8 @@ const OUTAGE_MAX_PAUSE: Duration = Duration::from_secs(300);
 const BACKFILL_BATCH: u32 = 5_000;
 
 /// What one run did, as the routes report it.
-#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Default, Serialize, PartialEq, Eq, ToSchema)]
+#[schema(as = EmbeddingRunReport)]
 pub struct RunReport {
     pub embedded: u64,
     pub retrying: u64,

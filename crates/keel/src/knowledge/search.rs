@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::store::{Search, SearchHit, SearchOutcome};
 use super::{EmbeddingModel, Knowledge, KnowledgeError};
@@ -59,7 +60,7 @@ impl QueryCache {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     #[default]
@@ -69,11 +70,16 @@ pub enum Mode {
 }
 
 /// A search as callers ask for it (the body of `POST /api/search`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
+    /// What to look for: up to 2000 characters once whitespace is
+    /// collapsed, not only whitespace.
+    #[schema(pattern = r"\S")]
     pub query: String,
+    /// How many results (default 5).
     #[serde(default = "default_top_k")]
+    #[schema(minimum = 1, maximum = 20)]
     pub top_k: i64,
     #[serde(default)]
     pub mode: Mode,
@@ -83,10 +89,12 @@ pub struct SearchRequest {
     pub filter: Option<SearchFilter>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchFilter {
+    /// Documents whose metadata contains these key/values.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
 }
 
@@ -95,7 +103,7 @@ fn default_top_k() -> i64 {
 }
 
 /// What a search found, and how.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SearchResults {
     pub results: Vec<SearchHit>,
     /// The mode that ran (keyword when vector search degraded).

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::chunker::Chunk;
 use super::search::Mode;
@@ -50,7 +51,7 @@ fn object_or_empty<S: Serializer>(value: &Option<&Value>, s: S) -> Result<S::Ok,
 }
 
 /// What an upsert did.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct UpsertCounts {
     pub created: u64,
     pub updated: u64,
@@ -82,10 +83,11 @@ pub struct ListDocuments<'a> {
     pub dimensions: u32,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DocumentSummary {
     pub id: String,
     pub title: String,
+    #[schema(value_type = Object)]
     pub metadata: Value,
     pub source_url: Option<String>,
     /// `pending`, `embedded` or `failed`, for the configured model.
@@ -105,7 +107,7 @@ pub struct DeleteDocument<'a> {
     pub id: &'a str,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DeletedDocument {
     pub deleted: String,
     pub chunks_deleted: u64,
@@ -236,7 +238,7 @@ pub struct RetryEmbeddingJobs<'a> {
     pub dimensions: u32,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Requeued {
     pub requeued: u64,
 }
@@ -274,13 +276,14 @@ pub enum SearchOutcome {
     UseModel { use_model: UseModel },
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SearchHit {
     pub document_id: String,
     pub title: String,
     pub chunk_index: i64,
     pub content: String,
     pub score: f64,
+    #[schema(value_type = Object)]
     pub metadata: Value,
     pub source_url: Option<String>,
 }

@@ -12,6 +12,7 @@
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::platform::config::TaskSettings;
 use crate::platform::db::{Db, DbError, SqlFunction};
@@ -44,7 +45,7 @@ struct MaintenancePass {
     more: bool,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 pub struct Housekeeping {
     pub query_cache_expired: u64,
     pub tasks_pruned: u64,
@@ -89,7 +90,7 @@ struct PrunePass {
     more: bool,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RateLimitsPruned {
     pub rate_limit_hits_pruned: u64,
 }
@@ -138,7 +139,7 @@ struct PruneReplacedVectors<'a> {
     limit: u32,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ReplacedVectorsPruned {
     pub replaced_vectors_pruned: u64,
     pub replaced_jobs_pruned: u64,
@@ -150,7 +151,7 @@ impl SqlFunction for PruneReplacedVectors<'_> {
 }
 
 /// What one maintenance run did.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct MaintenanceReport {
     #[serde(flatten)]
     pub housekeeping: Housekeeping,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tracing::Instrument as _;
+use utoipa::ToSchema;
 
 use super::store::{ClaimTasks, CompleteTask, TaskBacklog};
 use super::{TaskError, TaskKind};
@@ -18,7 +19,8 @@ use crate::platform::db::{Db, DbError};
 /// Tasks claimed per round trip; they run concurrently.
 const CLAIM_BATCH: u32 = 8;
 
-#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Default, Serialize, PartialEq, Eq, ToSchema)]
+#[schema(as = TaskRunReport)]
 pub struct RunReport {
     pub ran: u64,
     pub succeeded: u64,

@@ -5,15 +5,25 @@ use std::sync::Arc;
 use http::StatusCode;
 
 use super::TaskKind;
-use super::engine;
-use super::store::ListTasks;
+use super::engine::{self, RunReport};
+use super::store::{ListTasks, TaskSummary};
 use crate::app::App;
 use crate::web::auth;
-use crate::web::{ApiError, ApiRequest, HandlerResult, json_of, page_response};
+use crate::web::error::ErrorBody;
+use crate::web::{ApiError, ApiRequest, HandlerResult, json_of, list_page};
 
 const STATUSES: &[&str] = &["queued", "running", "succeeded", "failed", "dead"];
 
+list_page!(TaskList, tasks, TaskSummary);
+
 /// `GET /api/cron/tasks`: runs due tasks of the registered `kinds`.
+#[utoipa::path(
+    get,
+    path = "/api/cron/tasks",
+    tag = "cron",
+    security(("cron_secret" = [])),
+    responses((status = 200, description = "What the run did", body = RunReport))
+)]
 pub async fn cron(
     app: Arc<App>,
     request: ApiRequest,
@@ -35,6 +45,22 @@ pub async fn cron(
 }
 
 /// `GET /api/tasks?status=&kind=&limit=&cursor=`: the caller's tasks, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/tasks",
+    tag = "tasks",
+    security(("tenant_key" = [])),
+    params(
+        ("status" = Option<String>, Query, description = "`queued`, `running`, `succeeded`, `failed` or `dead`"),
+        ("kind" = Option<String>, Query, description = "A task kind, such as `webhook.process`"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Default 50"),
+        ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "The tenant's tasks, newest first", body = TaskList),
+        (status = 400, description = "`invalid_field`: `status`, `limit` or `cursor`", body = ErrorBody),
+    )
+)]
 pub async fn list(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     let tenant = auth::tenant(&request)?;
     let page = request.id_page(50, 200)?;
@@ -59,5 +85,5 @@ pub async fn list(app: Arc<App>, request: ApiRequest) -> HandlerResult {
             },
         )
         .await?;
-    page_response("tasks", tasks)
+    json_of(StatusCode::OK, &TaskList::from(tasks))
 }

@@ -2,6 +2,7 @@
 //! binding each.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::Task;
 use crate::platform::db::{Page, SqlFunction};
@@ -69,7 +70,7 @@ pub struct ListTasks<'a> {
     pub cursor: Option<&'a str>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TaskSummary {
     pub id: i64,
     pub kind: String,

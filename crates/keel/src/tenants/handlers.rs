@@ -7,27 +7,56 @@
 use std::sync::Arc;
 
 use http::StatusCode;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::keys;
 use super::publishable::{self, MAX_ACTIVE_KEYS, MAX_FILTER_BYTES, MAX_ORIGINS, MAX_PER_MINUTE};
 use super::store::{
-    CreatePublishableKey, CreateTenant, IssueKey, ListPublishableKeys, ListTenants,
-    RevokePublishableKey,
+    CreatePublishableKey, CreateTenant, IssueKey, ListPublishableKeys, ListTenants, PublishableKey,
+    PublishableKeys, RevokePublishableKey, RevokedPublishableKey, Tenant,
 };
 use crate::app::App;
 use crate::ops::idempotency;
 use crate::web::auth;
-use crate::web::{
-    ApiError, ApiRequest, HandlerResult, idempotent_response, json_of, page_response,
-};
+use crate::web::error::ErrorBody;
+use crate::web::{ApiError, ApiRequest, HandlerResult, idempotent_response, json_of, list_page};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateTenantRequest {
+pub struct CreateTenantRequest {
+    /// 1 to 200 characters.
     name: String,
+    /// 1 to 63 lowercase letters, digits or inner hyphens (e.g. `joes-diner`).
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     slug: String,
+}
+
+/// A created tenant and its first key, shown once.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedTenant {
+    tenant: Tenant,
+    api_key: String,
+}
+
+list_page!(TenantList, tenants, Tenant);
+
+/// A key issued to a tenant, shown once.
+#[derive(Serialize, ToSchema)]
+pub struct IssuedKey {
+    tenant: Tenant,
+    api_key: String,
+    key_id: String,
+    /// How many of the tenant's other keys were revoked.
+    revoked: u32,
+}
+
+/// A publishable key as created: the key itself is shown this once.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedPublishableKey {
+    #[serde(flatten)]
+    publishable_key: PublishableKey,
+    key: String,
 }
 
 /// `GET` and `POST` share `/api/tenants`.
@@ -40,7 +69,21 @@ pub async fn tenants(app: Arc<App>, request: ApiRequest) -> HandlerResult {
 }
 
 /// `POST /api/tenants` `{"name","slug"}`: the tenant and its first key.
-async fn create(app: Arc<App>, request: ApiRequest) -> HandlerResult {
+#[utoipa::path(
+    post,
+    path = "/api/tenants",
+    tag = "tenants",
+    security(("admin_key" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters: a retry with the same key and body replays the first response")),
+    request_body = CreateTenantRequest,
+    responses(
+        (status = 201, description = "The tenant and its first key (shown once)", body = CreatedTenant),
+        (status = 400, description = "`invalid_field`: `name` or `slug`", body = ErrorBody),
+        (status = 409, description = "`conflict`: the slug is taken; `idempotency_key_reused`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: `Idempotency-Key` without `ENCRYPTION_KEY`", body = ErrorBody),
+    )
+)]
+pub async fn create(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     auth::require_admin(&app, &request)?;
     let body: CreateTenantRequest = request.json()?;
     let name = body.name.trim();
@@ -71,11 +114,14 @@ async fn create(app: Arc<App>, request: ApiRequest) -> HandlerResult {
         })
         .await?
         .resolve(&app.config, key.key)?;
-    Ok(idempotent_response(
+    idempotent_response(
         StatusCode::CREATED,
-        &json!({"tenant": created.result.tenant, "api_key": created.credential}),
+        &CreatedTenant {
+            tenant: created.result.tenant,
+            api_key: created.credential,
+        },
         created.replayed,
-    ))
+    )
 }
 
 /// Slugs appear in URLs: lowercase letters, digits and inner hyphens, 1 to 63.
@@ -89,7 +135,21 @@ fn valid_slug(slug: &str) -> bool {
 }
 
 /// `GET /api/tenants?limit=&cursor=`.
-async fn list(app: Arc<App>, request: ApiRequest) -> HandlerResult {
+#[utoipa::path(
+    get,
+    path = "/api/tenants",
+    tag = "tenants",
+    security(("admin_key" = [])),
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Default 50"),
+        ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "Tenants by slug, with their active key counts", body = TenantList),
+        (status = 400, description = "`invalid_field`: `limit` or `cursor`", body = ErrorBody),
+    )
+)]
+pub async fn list(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     auth::require_admin(&app, &request)?;
     let page = request.page(50, 100)?;
     let tenants = app
@@ -99,12 +159,13 @@ async fn list(app: Arc<App>, request: ApiRequest) -> HandlerResult {
             cursor: page.cursor.as_deref(),
         })
         .await?;
-    page_response("tenants", tenants)
+    json_of(StatusCode::OK, &TenantList::from(tenants))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct IssueKeyRequest {
+pub struct IssueKeyRequest {
+    /// Revoke every other key of the tenant in the same transaction.
     #[serde(default)]
     revoke_existing: bool,
 }
@@ -112,6 +173,20 @@ struct IssueKeyRequest {
 /// `POST /api/tenants/{slug}/keys` `{"revoke_existing": true}`: a new key,
 /// optionally revoking every other key of the tenant in the same transaction
 /// (rotation after a leak).
+#[utoipa::path(
+    post,
+    path = "/api/tenants/{slug}/keys",
+    tag = "tenants",
+    security(("admin_key" = [])),
+    params(("slug" = String, Path, description = "The tenant's slug"), ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters: a retry with the same key and body replays the first response")),
+    request_body(content = Option<IssueKeyRequest>, description = "Optional"),
+    responses(
+        (status = 201, description = "The new key (shown once)", body = IssuedKey),
+        (status = 404, description = "`not_found`: no tenant with that slug", body = ErrorBody),
+        (status = 409, description = "`idempotency_key_reused`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: `Idempotency-Key` without `ENCRYPTION_KEY`", body = ErrorBody),
+    )
+)]
 pub async fn issue_key(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     auth::require_admin(&app, &request)?;
     let body: IssueKeyRequest = if request.body.is_empty() {
@@ -141,27 +216,35 @@ pub async fn issue_key(app: Arc<App>, request: ApiRequest) -> HandlerResult {
         .await?
         .resolve(&app.config, key.key)?;
     let (record, api_key) = (issued.result, issued.credential);
-    Ok(idempotent_response(
+    idempotent_response(
         StatusCode::CREATED,
-        &json!({
-            "tenant": record.tenant,
-            "api_key": api_key,
-            "key_id": record.key_id,
-            "revoked": record.revoked,
-        }),
+        &IssuedKey {
+            tenant: record.tenant,
+            api_key,
+            key_id: record.key_id,
+            revoked: record.revoked,
+        },
         issued.replayed,
-    ))
+    )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreatePublishableKeyRequest {
+pub struct CreatePublishableKeyRequest {
+    /// 1 to 20 origins, `scheme://host[:port]`, such as `https://shop.example.com`.
+    #[schema(min_items = 1, max_items = 20)]
     allowed_origins: Vec<String>,
+    /// `/api/search`'s filter, `{"metadata": {...}}`, ANDed with every chat's own.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     filter: Option<serde_json::Value>,
+    /// Requests per minute for the key (default 120).
     #[serde(default = "default_per_minute")]
+    #[schema(minimum = 1, maximum = 100_000)]
     per_minute: u32,
+    /// Requests per minute for each visitor (default 10).
     #[serde(default = "default_per_visitor_per_minute")]
+    #[schema(minimum = 1, maximum = 100_000)]
     per_visitor_per_minute: u32,
 }
 
@@ -178,19 +261,42 @@ pub async fn publishable_keys(app: Arc<App>, request: ApiRequest) -> HandlerResu
     if request.method == http::Method::POST {
         create_publishable_key(app, request).await
     } else {
-        let tenant = auth::tenant(&request)?;
-        let keys = tenant.run(&app.db, &ListPublishableKeys {}).await?;
-        json_of(
-            StatusCode::OK,
-            &json!({"publishable_keys": keys.publishable_keys}),
-        )
+        list_publishable_keys(app, request).await
     }
+}
+
+/// `GET /api/publishable-keys`: the tenant's live keys, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/publishable-keys",
+    tag = "publishable keys",
+    security(("tenant_key" = [])),
+    responses((status = 200, description = "The live keys (never the keys themselves)", body = PublishableKeys))
+)]
+pub async fn list_publishable_keys(app: Arc<App>, request: ApiRequest) -> HandlerResult {
+    let tenant = auth::tenant(&request)?;
+    let keys = tenant.run(&app.db, &ListPublishableKeys {}).await?;
+    json_of(StatusCode::OK, &keys)
 }
 
 /// `POST /api/publishable-keys` `{"allowed_origins", "filter"?, "per_minute"?,
 /// "per_visitor_per_minute"?}`: a `keel_pk_` key for the tenant's chat
 /// widget, shown once. Takes `Idempotency-Key`.
-async fn create_publishable_key(app: Arc<App>, request: ApiRequest) -> HandlerResult {
+#[utoipa::path(
+    post,
+    path = "/api/publishable-keys",
+    tag = "publishable keys",
+    security(("tenant_key" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters: a retry with the same key and body replays the first response")),
+    request_body = CreatePublishableKeyRequest,
+    responses(
+        (status = 201, description = "The key (shown once) and its settings", body = CreatedPublishableKey),
+        (status = 400, description = "`invalid_field`: `allowed_origins`, `filter`, `per_minute` or `per_visitor_per_minute`", body = ErrorBody),
+        (status = 409, description = "`conflict`: too many live keys; `idempotency_key_reused`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: `Idempotency-Key` without `ENCRYPTION_KEY`", body = ErrorBody),
+    )
+)]
+pub async fn create_publishable_key(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     let tenant = auth::tenant(&request)?;
     let body: CreatePublishableKeyRequest = request.json()?;
     if body.allowed_origins.is_empty() || body.allowed_origins.len() > MAX_ORIGINS {
@@ -256,17 +362,28 @@ async fn create_publishable_key(app: Arc<App>, request: ApiRequest) -> HandlerRe
         )
         .await?
         .resolve(&app.config, key.key)?;
-    let mut response =
-        serde_json::to_value(&created.result).map_err(|e| ApiError::internal(e.into()))?;
-    response["key"] = json!(created.credential);
-    Ok(idempotent_response(
+    idempotent_response(
         StatusCode::CREATED,
-        &response,
+        &CreatedPublishableKey {
+            publishable_key: created.result,
+            key: created.credential,
+        },
         created.replayed,
-    ))
+    )
 }
 
 /// `DELETE /api/publishable-keys/{id}`: the key stops working at once.
+#[utoipa::path(
+    delete,
+    path = "/api/publishable-keys/{id}",
+    tag = "publishable keys",
+    security(("tenant_key" = [])),
+    params(("id" = String, Path, description = "The key's id")),
+    responses(
+        (status = 200, description = "Revoked", body = RevokedPublishableKey),
+        (status = 404, description = "`not_found`: no live key of the tenant with that id", body = ErrorBody),
+    )
+)]
 pub async fn revoke_publishable_key(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     let tenant = auth::tenant(&request)?;
     let revoked = tenant

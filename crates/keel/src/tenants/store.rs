@@ -2,12 +2,13 @@
 //! binding each.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::ops::audit::Audit;
 use crate::ops::idempotency::{Claim, Idempotent};
 use crate::platform::db::{Page, SqlFunction};
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Tenant {
     pub id: String,
     pub slug: String,
@@ -79,13 +80,14 @@ impl SqlFunction for IssueKey<'_> {
 }
 
 /// A publishable key as listed (never the key itself).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PublishableKey {
     pub id: String,
     pub prefix: String,
     pub allowed_origins: Vec<String>,
     /// `/api/search`'s filter shape, `{"metadata": {...}}`, ANDed with
     /// every chat request's own.
+    #[schema(value_type = Option<Object>)]
     pub filter: Option<serde_json::Value>,
     pub per_minute: u32,
     pub per_visitor_per_minute: u32,
@@ -119,7 +121,7 @@ impl SqlFunction for CreatePublishableKey<'_> {
 #[derive(Serialize)]
 pub struct ListPublishableKeys {}
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PublishableKeys {
     pub publishable_keys: Vec<PublishableKey>,
 }
@@ -136,7 +138,7 @@ pub struct RevokePublishableKey<'a> {
     pub audit: &'a Audit,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RevokedPublishableKey {
     pub id: String,
     pub revoked_at: String,

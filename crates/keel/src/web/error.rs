@@ -10,7 +10,8 @@
 use std::borrow::Cow;
 
 use http::{HeaderValue, Response, StatusCode, header};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::body::Body;
 use super::response::json_response;
@@ -30,6 +31,23 @@ use crate::webhooks::signatures::Rejection;
 pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
 /// Seconds a client should wait while the deployment is in maintenance.
 pub const MAINTENANCE_RETRY_AFTER_SECS: u64 = 300;
+
+/// Every error response's body: `{"error":{"code","message","request_id"}}`.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody<'a> {
+    pub error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail<'a> {
+    /// Stable and machine-readable (`invalid_field`, `unauthorized`, ...):
+    /// each operation lists the codes it answers with.
+    pub code: &'a str,
+    /// Safe to show a client; names the offending field for `invalid_field`.
+    pub message: &'a str,
+    /// The request's id (the caller's `x-request-id`, or one Keel made).
+    pub request_id: &'a str,
+}
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -212,13 +230,15 @@ impl ApiError {
         if self.status.is_server_error() {
             self.report(request_id);
         }
-        let body = json!({
-            "error": {
-                "code": self.code,
-                "message": self.message,
-                "request_id": request_id,
-            }
-        });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: &self.message,
+                request_id,
+            },
+        };
+        // Three strings: serializing cannot fail.
+        let body = serde_json::to_value(&body).unwrap_or_default();
         let mut response = json_response(self.status, &body);
         let headers = response.headers_mut();
         if let Some(seconds) = self.retry_after {

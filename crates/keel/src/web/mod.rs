@@ -16,5 +16,6 @@ pub mod runtime;
 pub use body::{Body, BodyWriter, ClientGone};
 pub use error::ApiError;
 pub use request::ApiRequest;
-pub use response::{idempotent_response, json_of, json_response, page_response};
+pub(crate) use response::list_page;
+pub use response::{idempotent_response, json_of, json_response};
 pub use routing::{BodyLimit, HandlerResult, Route, Router};

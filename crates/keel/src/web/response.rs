@@ -3,13 +3,11 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use serde::Serialize;
-use serde_json::{Map, Value};
 
 use super::body::Body;
 use super::error::ApiError;
 use super::routing::HandlerResult;
 use crate::ops::idempotency::REPLAYED_HEADER;
-use crate::platform::db::Page;
 
 /// A JSON response with the given status.
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
@@ -24,18 +22,18 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<B
 
 /// The response of a route taking `Idempotency-Key`: a replay of an
 /// earlier call's response says so in `idempotent-replayed: true`.
-pub fn idempotent_response(
+pub fn idempotent_response<T: Serialize>(
     status: StatusCode,
-    body: &serde_json::Value,
+    body: &T,
     replayed: bool,
-) -> Response<Body> {
-    let mut response = json_response(status, body);
+) -> HandlerResult {
+    let mut response = json_of(status, body)?;
     if replayed {
         response
             .headers_mut()
             .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
     }
-    response
+    Ok(response)
 }
 
 /// Any value as a JSON response with `status`.
@@ -44,18 +42,33 @@ pub fn json_of<T: Serialize>(status: StatusCode, body: &T) -> HandlerResult {
     Ok(json_response(status, &body))
 }
 
-/// A list page as every list route answers it: `{"<key>": [...],
-/// "next_cursor": <opaque cursor or null>}`.
-pub fn page_response<T: Serialize>(key: &str, page: Page<T>) -> HandlerResult {
-    let mut body = Map::new();
-    let items = serde_json::to_value(page.items).map_err(|e| ApiError::internal(e.into()))?;
-    body.insert(key.to_owned(), items);
-    body.insert(
-        "next_cursor".to_owned(),
-        page.next_cursor.as_deref().map(encode_cursor).into(),
-    );
-    Ok(json_response(StatusCode::OK, &Value::Object(body)))
+/// Declares a list route's response type, `{"<items>": [...],
+/// "next_cursor": <opaque cursor or null>}`, built from a database
+/// [`Page`](crate::platform::db::Page)
+/// with `From`: `list_page!(TenantList, tenants, Tenant);`.
+macro_rules! list_page {
+    ($name:ident, $items:ident, $item:ty) => {
+        #[derive(serde::Serialize, utoipa::ToSchema)]
+        pub struct $name {
+            pub $items: Vec<$item>,
+            /// Opaque: pass it as `?cursor=` for the next page; `null` on the last page.
+            pub next_cursor: Option<String>,
+        }
+
+        impl From<$crate::platform::db::Page<$item>> for $name {
+            fn from(page: $crate::platform::db::Page<$item>) -> Self {
+                Self {
+                    next_cursor: page
+                        .next_cursor
+                        .as_deref()
+                        .map($crate::web::response::encode_cursor),
+                    $items: page.items,
+                }
+            }
+        }
+    };
 }
+pub(crate) use list_page;
 
 /// Makes a position opaque for `next_cursor`.
 pub fn encode_cursor(position: &str) -> String {

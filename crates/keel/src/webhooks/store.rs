@@ -4,6 +4,7 @@
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::presets::Verification;
 use crate::ops::audit::Audit;
@@ -199,7 +200,7 @@ pub struct ListWebhookDeliveries<'a> {
     pub max_bytes: u64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DeliverySummary {
     pub webhook_id: String,
     pub endpoint_id: String,
@@ -207,6 +208,7 @@ pub struct DeliverySummary {
     pub received_at: String,
     pub status: String,
     /// Null when this one payload alone is over the page's byte bound.
+    #[schema(value_type = Option<Object>)]
     pub payload: Value,
     pub payload_bytes: u64,
 }

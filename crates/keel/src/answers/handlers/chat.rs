@@ -21,12 +21,32 @@ use crate::answers::wire::{self, Chunks, CompletionsRequest, UiChatRequest};
 use crate::answers::{AnswersError, Usage};
 use crate::app::App;
 use crate::tenants::TenantRef;
+use crate::web::error::ErrorBody;
 use crate::web::{ApiError, ApiRequest, Body, BodyWriter, HandlerResult, auth, json_of};
 
 /// The header carrying a publishable-key visitor's token, both ways.
 pub const VISITOR_HEADER: &str = "x-keel-visitor-token";
 
 /// `POST /api/chat`.
+#[utoipa::path(
+    post,
+    path = "/api/chat",
+    tag = "answers",
+    security(("tenant_key" = []), ("publishable_key" = [], "visitor_token" = [])),
+    request_body = UiChatRequest,
+    responses(
+        (status = 200, description = "The answer as the Vercel AI SDK's UI message stream \
+            (server-sent events: `start`, `text-delta`, `data-usage`, `finish`, then `[DONE]`); \
+            a publishable key's visitor gets its token in `x-keel-visitor-token`",
+            content_type = "text/event-stream", body = String,
+            headers(("x-keel-visitor-token" = String, description = "A publishable key's visitor: the token to send back on its next calls"))),
+        (status = 400, description = "`invalid_field`: `messages`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the publishable key does not allow the request's `Origin`", body = ErrorBody),
+        (status = 404, description = "`not_found`: the conversation belongs to someone else", body = ErrorBody),
+        (status = 502, description = "`chat_provider_refused`: the chat model refused the request", body = ErrorBody),
+        (status = 503, description = "`chat_provider_unavailable`: the chat model is down or not configured", body = ErrorBody),
+    )
+)]
 pub async fn chat(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     let started = Instant::now();
     let caller = auth::chat_caller(&request)?;
@@ -78,6 +98,27 @@ pub async fn chat(app: Arc<App>, request: ApiRequest) -> HandlerResult {
 }
 
 /// `POST /api/v1/chat/completions`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/chat/completions",
+    tag = "answers",
+    security(("tenant_key" = [])),
+    request_body = CompletionsRequest,
+    responses(
+        (status = 200, description = "OpenAI's chat completion (with Keel's `citations` and \
+            `conversation_id`), or with `stream: true` its chunks as server-sent events ending \
+            in `[DONE]`",
+            content(
+                (Object = "application/json"),
+                (String = "text/event-stream"),
+            )
+        ),
+        (status = 400, description = "`invalid_field`: `messages`", body = ErrorBody),
+        (status = 404, description = "`not_found`: the conversation belongs to someone else", body = ErrorBody),
+        (status = 502, description = "`chat_provider_refused`: the chat model refused the request", body = ErrorBody),
+        (status = 503, description = "`chat_provider_unavailable`: the chat model is down or not configured", body = ErrorBody),
+    )
+)]
 pub async fn completions(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     let started = Instant::now();
     let caller = auth::chat_caller(&request)?;

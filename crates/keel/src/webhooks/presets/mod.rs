@@ -23,7 +23,7 @@ use time::format_description::well_known::Rfc3339;
 use super::signatures::{self, Rejection, SECRET_PREFIX};
 
 /// How an endpoint's deliveries are verified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Verification {
     Standard,
@@ -61,6 +61,32 @@ impl Verification {
             Verification::Woocommerce => "woocommerce",
             Verification::Stripe => "stripe",
             Verification::Github => "github",
+        }
+    }
+
+    /// The headers a delivery is verified by, the signature (or credential)
+    /// first, as the OpenAPI document describes them.
+    pub fn headers(self) -> &'static [&'static str] {
+        match self {
+            Verification::Standard => &["webhook-signature", "webhook-id", "webhook-timestamp"],
+            Verification::Vapi => &["x-vapi-secret", "x-signature", "x-timestamp"],
+            Verification::Twilio => &["x-twilio-signature"],
+            Verification::Vonage => &["authorization"],
+            Verification::Razorpay => &["x-razorpay-signature", "x-razorpay-event-id"],
+            Verification::Shopify => &[
+                "x-shopify-hmac-sha256",
+                "x-shopify-topic",
+                "x-shopify-shop-domain",
+                "x-shopify-api-version",
+                "x-shopify-webhook-id",
+            ],
+            Verification::Woocommerce => &[
+                "x-wc-webhook-signature",
+                "x-wc-webhook-topic",
+                "x-wc-webhook-delivery-id",
+            ],
+            Verification::Stripe => &["stripe-signature"],
+            Verification::Github => &["x-hub-signature-256", "x-github-delivery", "x-github-event"],
         }
     }
 
