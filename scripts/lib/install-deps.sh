@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the local stack needs and the machine may lack: PostgreSQL 15
 # server headers and pgvector (built from Debian's own source package, because
-# bookworm ships no pgvector). Idempotent: each step is skipped when done.
+# bookworm ships no pgvector), and any Debian package named as an argument
+# (scripts/test: chromium). Idempotent: each step is skipped when done.
 set -euo pipefail
 
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
@@ -45,3 +46,10 @@ if [ ! -f "$sharedir/extension/vector.control" ]; then
   rm -rf "$apt_dir" "$build_dir"
   log "pgvector $(grep default_version "$sharedir/extension/vector.control" | cut -d"'" -f2) installed"
 fi
+
+for package in "$@"; do
+  if ! dpkg -s "$package" >/dev/null 2>&1; then
+    log "installing $package"
+    apt_install "$package"
+  fi
+done

@@ -32,11 +32,7 @@ const LOAD_CONCURRENCY: usize = 50;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 const ADMIN_KEY: &str = "bench-artifacts-admin-key-0123456789abcdef";
 
-pub fn main(args: &[String]) -> ExitCode {
-    if !args.is_empty() {
-        eprintln!("usage: keel bench artifacts (run through scripts/bench artifacts)");
-        return ExitCode::from(2);
-    }
+pub fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -19,32 +19,31 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-const USAGE: &str = "usage: keel bench model [DATASET_DIR] [--rust-only]
-
-Embeds the Cranfield documents (DATASET_DIR/cran.all.1400, default
-../shared/datasets/cranfield) with the local model (KEEL_LOCAL_MODEL_DIR) and,
-unless --rust-only, with sentence-transformers run by KEEL_REFERENCE_PYTHON
-(scripts/bench sets both).";
 const REFERENCE_SCRIPT: &str = "scripts/lib/reference-embeddings.py";
 const WARM_UP_DOCUMENTS: usize = 32;
 
-pub fn main(args: &[String]) -> ExitCode {
-    let mut dataset_dir = PathBuf::from("../shared/datasets/cranfield");
-    let mut rust_only = false;
-    for arg in args {
-        match arg.as_str() {
-            "--rust-only" => rust_only = true,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            flag if flag.starts_with('-') => {
-                eprintln!("unknown option {flag}\n{USAGE}");
-                return ExitCode::from(2);
-            }
-            dir => dataset_dir = PathBuf::from(dir),
-        }
-    }
+/// Embeds the Cranfield documents with the local model (KEEL_LOCAL_MODEL_DIR)
+/// and, unless --rust-only, with sentence-transformers run by
+/// KEEL_REFERENCE_PYTHON (scripts/bench sets both).
+#[derive(Debug, clap::Args)]
+pub struct ModelArgs {
+    /// The directory holding cran.all.1400.
+    #[arg(
+        value_name = "DATASET_DIR",
+        default_value = "../shared/datasets/cranfield"
+    )]
+    dataset_dir: PathBuf,
+    /// Measure keel-local only, without the Python reference.
+    #[arg(long)]
+    rust_only: bool,
+}
+
+pub fn main(
+    ModelArgs {
+        dataset_dir,
+        rust_only,
+    }: ModelArgs,
+) -> ExitCode {
     match run(&dataset_dir, rust_only) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

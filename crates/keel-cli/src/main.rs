@@ -1,47 +1,78 @@
-//! `keel`: the local dev server and the migration runner.
+//! `keel`: the local dev server, the migration runner and the benchmarks.
 //!
 //! - `keel serve`: every route on one port (`PORT`, default 3000), at the same
-//!   paths and methods as on Vercel, like `vercel dev`. With
-//!   `KEEL_LOCAL_MODEL_DIR` set it also serves the local embedding model as an
-//!   OpenAI-compatible `/v1/embeddings`.
+//!   paths and methods as on Vercel, like `vercel dev`, and the static files
+//!   of `public/` as Vercel serves them. With `KEEL_LOCAL_MODEL_DIR` set it
+//!   also serves the local embedding model as an OpenAI-compatible
+//!   `/v1/embeddings`.
 //! - `keel migrate [DIR]`: applies pending migrations (default `migrations/`)
 //!   to `DATABASE_URL`.
-//! - `keel bench [quality|load] [DATASET_DIR] [OPTIONS]`: retrieval quality,
+//! - `keel bench [quality|load|model|artifacts] …`: retrieval quality,
 //!   ingest, latency and recall figures on this machine (see bench/); run
 //!   through `scripts/bench`.
 
 mod bench;
 mod bench_artifacts;
 mod bench_model;
+mod progress;
+mod public;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
 use keel::platform::db::migrate;
 
+/// Keel: the backend for AI assistants, run locally.
+///
+/// Settings come from the environment or `.env` (see .env.production.example).
+#[derive(Debug, Parser)]
+#[command(name = "keel", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve every route and the files of public/ on 127.0.0.1:$PORT.
+    ///
+    /// The same paths and methods as on Vercel (default port 3000). With
+    /// KEEL_LOCAL_MODEL_DIR set, also serves the local all-MiniLM-L6-v2 model
+    /// as an OpenAI-compatible /v1/embeddings. `scripts/server` runs this.
+    Serve {
+        /// The static files served beside the API, as Vercel serves them.
+        #[arg(long, value_name = "DIR", default_value = "public")]
+        public: PathBuf,
+    },
+    /// Apply the pending migrations to DATABASE_URL.
+    ///
+    /// Files `NNNN_name.sql` run in order, each in a transaction, recorded
+    /// with its checksum; an applied file that changed is refused. An
+    /// advisory lock keeps two runs apart. DATABASE_CA_CERT is trusted as by
+    /// the functions.
+    Migrate {
+        /// The directory holding the migration files.
+        #[arg(value_name = "MIGRATIONS_DIR", default_value = "migrations")]
+        dir: PathBuf,
+    },
+    /// Measure Keel on this machine and print the tables (scripts/bench).
+    ///
+    /// With no command: `quality` and `load` over one ingestion of the
+    /// collections. Each run serves Keel in this process against
+    /// DATABASE_URL, a migrated database (`scripts/bench` makes a fresh one).
+    Bench(Box<bench::BenchArgs>),
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("serve") => serve(),
-        Some("migrate") => run_migrate(args.get(1).map(PathBuf::from)),
-        Some("bench") if args.get(1).is_some_and(|a| a == "artifacts") => {
-            bench_artifacts::main(&args[2..])
-        }
-        Some("bench") if args.get(1).is_some_and(|a| a == "model") => bench_model::main(&args[2..]),
-        Some("bench") => {
-            keel::platform::config::load_dotenv();
-            bench::main(&args[1..])
-        }
-        _ => {
-            eprintln!(
-                "usage: keel serve | keel migrate [MIGRATIONS_DIR] | keel bench [quality|load] [DATASET_DIR] [OPTIONS]"
-            );
-            ExitCode::from(2)
-        }
+    match Cli::parse().command {
+        Command::Serve { public } => serve(public),
+        Command::Migrate { dir } => run_migrate(dir),
+        Command::Bench(args) => bench::main(*args),
     }
 }
 
-fn serve() -> ExitCode {
+fn serve(public: PathBuf) -> ExitCode {
     keel::platform::config::load_dotenv();
     let mut routes = keel::routes::all();
     if let Some(dir) = std::env::var_os("KEEL_LOCAL_MODEL_DIR") {
@@ -57,10 +88,17 @@ fn serve() -> ExitCode {
             }
         }
     }
+    match public::routes(&public) {
+        Ok(files) => routes.extend(files),
+        Err(error) => {
+            eprintln!("--public {}: {error:#}", public.display());
+            return ExitCode::FAILURE;
+        }
+    }
     keel::web::runtime::serve_blocking(keel::web::Router::all(routes))
 }
 
-fn run_migrate(dir: Option<PathBuf>) -> ExitCode {
+fn run_migrate(dir: PathBuf) -> ExitCode {
     keel::platform::config::load_dotenv();
     let Some(database_url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
         eprintln!("DATABASE_URL: required by `keel migrate` (the Postgres the migrations go to)");
@@ -81,7 +119,6 @@ fn run_migrate(dir: Option<PathBuf>) -> ExitCode {
             }
         },
     };
-    let dir = dir.unwrap_or_else(|| PathBuf::from("migrations"));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -89,7 +126,14 @@ fn run_migrate(dir: Option<PathBuf>) -> ExitCode {
     let result = runtime.block_on(async {
         let migrations = migrate::load_dir(&dir)?;
         let mut client = migrate::connect(&database_url, tls).await?;
-        migrate::run(&mut client, &migrations).await
+        let bar = progress::bar(migrations.len(), "migrations");
+        let report = migrate::run_reporting(&mut client, &migrations, |migration| {
+            bar.set_message(migration.name.clone());
+            bar.inc(1);
+        })
+        .await;
+        bar.finish_and_clear();
+        report
     });
     match result {
         Ok(report) => {

@@ -472,6 +472,7 @@ async fn insert_synthetic(
     )
     .await?;
     let mut rng = rand::rng();
+    let bar = crate::progress::bar(to - from, "chunks");
     for start in (from..to).step_by(1000) {
         let end = (start + 1000).min(to);
         let document: String = db
@@ -513,7 +514,9 @@ async fn insert_synthetic(
             &[&tenant, &document, &contents, &vectors, model, &dimensions],
         )
         .await?;
+        bar.inc((end - start) as u64);
     }
+    bar.finish_and_clear();
     db.batch_execute("set maintenance_work_mem = '512MB'")
         .await?;
     db.execute(

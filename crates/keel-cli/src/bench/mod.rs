@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
+use clap::{Args, Subcommand};
 use rand::Rng as _;
 use serde_json::{Value, json};
 use tokio_postgres::Client;
@@ -39,55 +40,175 @@ const CRON_SECRET: &str = "bench-cron-secret-0123456789abcdef01234567";
 /// Documents per `PUT /api/documents` (the default `MAX_DOCUMENTS_PER_REQUEST`).
 const INGEST_BATCH: usize = 100;
 
-const USAGE: &str = "usage: keel bench [quality|load] [DATASET_DIR] [OPTIONS]
-
-DATASET_DIR defaults to ../shared/datasets. A directory holding a known
-collection (Cranfield's cran.all.1400, MED's MED.ALL, CACM's cacm.all) is read
-in its layout; a directory of such directories is every one of them, scored
-one after the other and as their mean (the section `load` searches them all
-in one tenant).
-Options override the layout, for a collection laid out otherwise:
-  --documents FILE         documents as .I/.T/.W records
-  --queries FILE           queries as .I/.W records
-  --judgments FILE         judgments, one per line
-  --judgment-columns Q,D[,G]
-                           their columns (from 1): query, document, grade;
-                           without a grade every pair is relevant  [1,3,4]
-  --query-ids ordinal|labelled
-                           judgments name queries by position in the query
-                           file, or by their .I label
-  --relevant-grades MIN-MAX
-                           grades that count as relevant    [1-4]
-Quality:
-  --sweep                  also score the tuning experiments (docs/search-quality.md)
-  --try KNOB=V1,V2,...     also score one knob of keel_search at these values
-  --modes M1,M2            the modes experiments score      [keyword,hybrid]
-  --set KNOB=VALUE         pass this knob to every search (repeatable)
-  --reference              compare the keyword ranking with a plain BM25
-  --tenant PREFIX          ingest into tenants PREFIX-COLLECTION, created if
-                           missing; unchanged documents re-embed nothing, so
-                           re-runs take seconds
-Load:
-  --scale 10k|100k|1m      also grow a synthetic tenant to 10k, 100k (and 1M)
-                           chunks and measure latency and HNSW recall there
-                           (takes long; never in CI)";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Section {
-    All,
-    Quality,
-    Load,
+/// `keel bench`: with no section, quality and load over one ingestion.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    section: Option<BenchSection>,
+    #[command(flatten)]
+    collection: CollectionArgs,
+    #[command(flatten)]
+    quality: QualityArgs,
+    #[command(flatten)]
+    load: LoadArgs,
 }
 
-/// Layout fields given on the command line.
-#[derive(Debug, Default)]
+#[derive(Debug, Subcommand)]
+enum BenchSection {
+    /// Retrieval quality of each search mode on each collection, and their mean.
+    Quality {
+        #[command(flatten)]
+        collection: CollectionArgs,
+        #[command(flatten)]
+        quality: QualityArgs,
+    },
+    /// Webhook intake, then search latency and capacity per mode (opt-in:
+    /// a synthetic tenant grown to 10k, 100k or 1M chunks, with HNSW recall).
+    Load {
+        #[command(flatten)]
+        collection: CollectionArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// The local all-MiniLM-L6-v2 beside sentence-transformers: speed and agreement.
+    Model(crate::bench_model::ModelArgs),
+    /// Function binary and Lambda zip sizes, cold start and peak RSS (after
+    /// `scripts/bench artifacts` built them).
+    Artifacts,
+}
+
+/// The collections to ingest.
+///
+/// A directory holding a known collection (Cranfield's cran.all.1400, MED's
+/// MED.ALL, CACM's cacm.all) is read in its layout; a directory of such
+/// directories is every one of them, scored one after the other and as
+/// their mean (`load` searches them all in one tenant).
+#[derive(Debug, Args)]
+struct CollectionArgs {
+    /// The collection, or a directory of collections.
+    #[arg(value_name = "DATASET_DIR", default_value = "../shared/datasets")]
+    dataset_dir: PathBuf,
+    #[command(flatten)]
+    layout: LayoutOverrides,
+    /// Ingest into tenants PREFIX-COLLECTION, created if missing; unchanged
+    /// documents re-embed nothing, so re-runs take seconds.
+    #[arg(long, value_name = "PREFIX")]
+    tenant: Option<String>,
+}
+
+/// Layout fields given on the command line, for a collection laid out
+/// otherwise than the known ones.
+#[derive(Debug, Default, Args)]
+#[command(next_help_heading = "Collection layout")]
 struct LayoutOverrides {
+    /// Documents as .I/.T/.W records.
+    #[arg(long, value_name = "FILE")]
     documents: Option<String>,
+    /// Queries as .I/.W records.
+    #[arg(long, value_name = "FILE")]
     queries: Option<String>,
+    /// Judgments, one per line.
+    #[arg(long, value_name = "FILE")]
     judgments: Option<String>,
+    /// Their columns (from 1): query, document, grade; without a grade every
+    /// pair is relevant [default of the layout; TREC: 1,3,4].
+    #[arg(long, value_name = "Q,D[,G]", value_parser = parse_with(JudgmentColumns::parse))]
     judgment_columns: Option<JudgmentColumns>,
+    /// Judgments name queries by position in the query file, or by their .I label.
+    #[arg(long, value_name = "ordinal|labelled", value_parser = parse_with(parse_query_ids))]
     query_ids: Option<QueryIds>,
+    /// Grades that count as relevant [default of the layout: 1-4].
+    #[arg(long, value_name = "MIN-MAX", value_parser = parse_with(GradeRange::parse))]
     relevant_grades: Option<GradeRange>,
+}
+
+/// What `quality` scores besides the defaults.
+#[derive(Debug, Default, Args)]
+#[command(next_help_heading = "Quality")]
+struct QualityArgs {
+    /// Also score the tuning experiments (docs/search-quality.md).
+    #[arg(long)]
+    sweep: bool,
+    /// Also score one knob of keel_search at these values (repeatable).
+    #[arg(long = "try", value_name = "KNOB=V1,V2,...", value_parser = parse_with(trial))]
+    trials: Vec<(String, Vec<Value>)>,
+    /// The modes experiments score [default: keyword,hybrid].
+    #[arg(long, value_name = "M1,M2", value_delimiter = ',', value_parser = quality::MODES)]
+    modes: Vec<String>,
+    /// Pass this knob to every search (repeatable).
+    #[arg(long = "set", value_name = "KNOB=VALUE", value_parser = parse_with(knob))]
+    knobs: Vec<(String, Value)>,
+    /// Compare the keyword ranking with a plain BM25.
+    #[arg(long)]
+    reference: bool,
+}
+
+impl QualityArgs {
+    fn plan(self) -> quality::Plan {
+        quality::Plan {
+            base: self.knobs.into_iter().collect(),
+            sweep: self.sweep,
+            trials: self.trials,
+            modes: self.modes,
+            reference: self.reference,
+        }
+    }
+}
+
+#[derive(Debug, Default, Args)]
+#[command(next_help_heading = "Load")]
+struct LoadArgs {
+    /// Also grow a synthetic tenant to 10k, 100k (and 1M) chunks and measure
+    /// latency and HNSW recall there (takes long; never in CI).
+    #[arg(long, value_name = "10k|100k|1m", value_parser = parse_with(parse_scale))]
+    scale: Option<usize>,
+}
+
+/// A clap value parser from a `&str → anyhow::Result` function, keeping
+/// its message (clap prefixes the argument's name).
+fn parse_with<T: Clone + Send + Sync + 'static>(
+    parse: fn(&str) -> anyhow::Result<T>,
+) -> impl Fn(&str) -> Result<T, String> + Clone {
+    move |text| parse(text).map_err(|e| format!("{e:#}"))
+}
+
+fn parse_query_ids(text: &str) -> anyhow::Result<QueryIds> {
+    match text {
+        "ordinal" => Ok(QueryIds::Ordinal),
+        "labelled" => Ok(QueryIds::Labelled),
+        other => bail!("`{other}` is not ordinal or labelled"),
+    }
+}
+
+fn parse_scale(text: &str) -> anyhow::Result<usize> {
+    match text {
+        "10k" => Ok(10_000),
+        "100k" => Ok(100_000),
+        "1m" => Ok(1_000_000),
+        other => bail!("`{other}` is not 10k, 100k or 1m"),
+    }
+}
+
+/// `KNOB=VALUE`, the value as JSON when it parses (numbers), else a string.
+fn knob(text: &str) -> anyhow::Result<(String, Value)> {
+    let (name, value) = text
+        .split_once('=')
+        .with_context(|| format!("`{text}`: expected KNOB=VALUE"))?;
+    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+    Ok((name.to_owned(), value))
+}
+
+/// `KNOB=V1,V2,...`: one knob at several values.
+fn trial(text: &str) -> anyhow::Result<(String, Vec<Value>)> {
+    let (name, values) = text
+        .split_once('=')
+        .with_context(|| format!("`{text}`: expected KNOB=V1,V2"))?;
+    let values = values
+        .split(',')
+        .map(|v| knob(&format!("{name}={v}")).map(|(_, v)| v))
+        .collect::<anyhow::Result<_>>()?;
+    Ok((name.to_owned(), values))
 }
 
 impl LayoutOverrides {
@@ -118,119 +239,16 @@ impl LayoutOverrides {
     }
 }
 
-struct Options {
-    section: Section,
-    dataset_dir: PathBuf,
-    layout: LayoutOverrides,
-    plan: quality::Plan,
-    tenant: Option<String>,
-    /// The largest synthetic scale `load` grows to (`--scale`).
-    scale: Option<usize>,
+/// One run: the collections, and the sections it measures over them.
+struct Run {
+    collection: CollectionArgs,
+    /// `quality`'s plan, when it runs.
+    quality: Option<quality::Plan>,
+    /// `load`'s options, when it runs.
+    load: Option<LoadArgs>,
 }
 
-/// `KNOB=VALUE`, the value as JSON when it parses (numbers), else a string.
-fn knob(text: &str) -> anyhow::Result<(String, Value)> {
-    let (name, value) = text
-        .split_once('=')
-        .with_context(|| format!("`{text}`: expected KNOB=VALUE"))?;
-    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
-    Ok((name.to_owned(), value))
-}
-
-impl Options {
-    fn parse(args: &[String]) -> anyhow::Result<Self> {
-        let mut args = args.iter().map(String::as_str).peekable();
-        let section = match args.peek() {
-            Some(&"quality") => Section::Quality,
-            Some(&"load") => Section::Load,
-            _ => Section::All,
-        };
-        if section != Section::All {
-            args.next();
-        }
-        let mut options = Self {
-            section,
-            dataset_dir: PathBuf::from("../shared/datasets"),
-            layout: LayoutOverrides::default(),
-            plan: quality::Plan::default(),
-            tenant: None,
-            scale: None,
-        };
-        let mut dataset_dir = None;
-        while let Some(arg) = args.next() {
-            let mut value = || {
-                args.next()
-                    .map(str::to_owned)
-                    .with_context(|| format!("{arg} needs a value"))
-            };
-            let layout = &mut options.layout;
-            match arg {
-                "--documents" => layout.documents = Some(value()?),
-                "--queries" => layout.queries = Some(value()?),
-                "--judgments" => layout.judgments = Some(value()?),
-                "--judgment-columns" => {
-                    layout.judgment_columns =
-                        Some(JudgmentColumns::parse(&value()?).context("--judgment-columns")?);
-                }
-                "--query-ids" => {
-                    layout.query_ids = Some(match value()?.as_str() {
-                        "ordinal" => QueryIds::Ordinal,
-                        "labelled" => QueryIds::Labelled,
-                        other => bail!("--query-ids: `{other}` is not ordinal or labelled"),
-                    })
-                }
-                "--relevant-grades" => {
-                    layout.relevant_grades =
-                        Some(GradeRange::parse(&value()?).context("--relevant-grades")?);
-                }
-                "--sweep" => options.plan.sweep = true,
-                "--reference" => options.plan.reference = true,
-                "--set" => {
-                    let (name, value) = knob(&value()?).context("--set")?;
-                    options.plan.base.insert(name, value);
-                }
-                "--try" => {
-                    let text = value()?;
-                    let (name, values) = text
-                        .split_once('=')
-                        .with_context(|| format!("--try `{text}`: expected KNOB=V1,V2"))?;
-                    let values = values
-                        .split(',')
-                        .map(|v| knob(&format!("{name}={v}")).map(|(_, v)| v))
-                        .collect::<anyhow::Result<_>>()?;
-                    options.plan.trials.push((name.to_owned(), values));
-                }
-                "--modes" => {
-                    options.plan.modes = value()?.split(',').map(str::to_owned).collect();
-                    if let Some(mode) = options
-                        .plan
-                        .modes
-                        .iter()
-                        .find(|m| !quality::MODES.contains(&m.as_str()))
-                    {
-                        bail!("--modes: `{mode}` is not keyword, vector or hybrid");
-                    }
-                }
-                "--tenant" => options.tenant = Some(value()?),
-                "--scale" => {
-                    options.scale = Some(match value()?.as_str() {
-                        "10k" => 10_000,
-                        "100k" => 100_000,
-                        "1m" => 1_000_000,
-                        other => bail!("--scale: `{other}` is not 10k, 100k or 1m"),
-                    })
-                }
-                flag if flag.starts_with("--") => bail!("unknown option {flag}"),
-                dir if dataset_dir.is_none() => dataset_dir = Some(PathBuf::from(dir)),
-                extra => bail!("unexpected argument `{extra}`"),
-            }
-        }
-        if let Some(dir) = dataset_dir {
-            options.dataset_dir = dir;
-        }
-        Ok(options)
-    }
-
+impl CollectionArgs {
     /// Each collection to score and its layout: the directory itself when
     /// it holds a known collection or options name its files, else each of
     /// its subdirectories that holds one, by name.
@@ -260,24 +278,36 @@ impl Options {
     }
 }
 
-/// Runs `keel bench …` (`args` after `bench`).
-pub fn main(args: &[String]) -> std::process::ExitCode {
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("{USAGE}");
-        return std::process::ExitCode::SUCCESS;
-    }
-    let options = match Options::parse(args) {
-        Ok(options) => options,
-        Err(error) => {
-            eprintln!("{error:#}\n\n{USAGE}");
-            return std::process::ExitCode::from(2);
-        }
+/// Runs `keel bench …`.
+pub fn main(args: BenchArgs) -> std::process::ExitCode {
+    let run = match args.section {
+        Some(BenchSection::Model(args)) => return crate::bench_model::main(args),
+        Some(BenchSection::Artifacts) => return crate::bench_artifacts::main(),
+        None => Run {
+            collection: args.collection,
+            quality: Some(args.quality.plan()),
+            load: Some(args.load),
+        },
+        Some(BenchSection::Quality {
+            collection,
+            quality,
+        }) => Run {
+            collection,
+            quality: Some(quality.plan()),
+            load: None,
+        },
+        Some(BenchSection::Load { collection, load }) => Run {
+            collection,
+            quality: None,
+            load: Some(load),
+        },
     };
+    keel::platform::config::load_dotenv();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("the runtime builds");
-    match runtime.block_on(run(options)) {
+    match runtime.block_on(run.run()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("bench failed: {error:#}");
@@ -286,41 +316,44 @@ pub fn main(args: &[String]) -> std::process::ExitCode {
     }
 }
 
-async fn run(options: Options) -> anyhow::Result<()> {
-    let mut collections = Vec::new();
-    for (dir, layout) in options.collections()? {
-        let collection = Collection::load(&dir, &layout)?;
-        let counts = &collection.judgment_counts;
-        eprintln!(
-            "{}: {} documents ({} empty records skipped), {} queries, {} relevant judgments (grades {}; {} not relevant, {} with other grades ignored)",
-            collection.name,
-            collection.documents.len(),
-            collection.empty_documents,
-            collection.queries.len(),
-            counts.relevant,
-            layout.relevant_grades,
-            counts.not_relevant,
-            counts.out_of_range,
-        );
-        collections.push(collection);
+impl Run {
+    async fn run(self) -> anyhow::Result<()> {
+        let mut collections = Vec::new();
+        for (dir, layout) in self.collection.collections()? {
+            let collection = Collection::load(&dir, &layout)?;
+            let counts = &collection.judgment_counts;
+            eprintln!(
+                "{}: {} documents ({} empty records skipped), {} queries, {} relevant judgments (grades {}; {} not relevant, {} with other grades ignored)",
+                collection.name,
+                collection.documents.len(),
+                collection.empty_documents,
+                collection.queries.len(),
+                counts.relevant,
+                layout.relevant_grades,
+                counts.not_relevant,
+                counts.out_of_range,
+            );
+            collections.push(collection);
+        }
+        let harness = Harness::start().await?;
+        let mut sets = Vec::new();
+        for collection in collections {
+            let slug = self
+                .collection
+                .tenant
+                .as_ref()
+                .map(|prefix| format!("{prefix}-{}", collection.name.to_ascii_lowercase()));
+            let ingested = harness.ingest(&collection, slug.as_deref()).await?;
+            sets.push(quality::Loaded::new(&harness, collection, ingested).await?);
+        }
+        if let Some(plan) = &self.quality {
+            quality::run(&harness, &sets, plan).await?;
+        }
+        if let Some(load) = &self.load {
+            load::run(&harness, &sets, load.scale).await?;
+        }
+        Ok(())
     }
-    let harness = Harness::start().await?;
-    let mut sets = Vec::new();
-    for collection in collections {
-        let slug = options
-            .tenant
-            .as_ref()
-            .map(|prefix| format!("{prefix}-{}", collection.name.to_ascii_lowercase()));
-        let ingested = harness.ingest(&collection, slug.as_deref()).await?;
-        sets.push(quality::Loaded::new(&harness, collection, ingested).await?);
-    }
-    if options.section != Section::Load {
-        quality::run(&harness, &sets, &options.plan).await?;
-    }
-    if options.section != Section::Quality {
-        load::run(&harness, &sets, options.scale).await?;
-    }
-    Ok(())
 }
 
 /// An in-process Keel server and a direct database connection.
@@ -525,6 +558,7 @@ impl Harness {
         let tenant_id = self.tenant_id(&key).await?;
         eprintln!("ingesting {} documents…", collection.documents.len());
         let started = Instant::now();
+        let bar = crate::progress::bar(collection.documents.len(), "documents");
         for batch in collection.documents.chunks(INGEST_BATCH) {
             let documents: Vec<Value> = batch
                 .iter()
@@ -541,10 +575,14 @@ impl Harness {
             if !status.is_success() {
                 bail!("PUT /api/documents answered {status}: {body}");
             }
+            bar.inc(batch.len() as u64);
         }
+        bar.finish_and_clear();
         let store_time = started.elapsed();
         eprintln!("embedding…");
         let started = Instant::now();
+        // The length is known after the first run: what it embedded plus what remains.
+        let bar = crate::progress::bar(0, "chunks");
         let (mut embedded, mut provider_requests) = (0, 0);
         loop {
             let (status, report) = self
@@ -563,10 +601,14 @@ impl Harness {
             if report["failed"].as_u64().unwrap_or(0) > 0 {
                 bail!("embedding failed: {report}");
             }
-            if report["remaining"].as_u64() == Some(0) {
+            let remaining = report["remaining"].as_u64();
+            bar.set_length(embedded + remaining.unwrap_or(0));
+            bar.set_position(embedded);
+            if remaining == Some(0) {
                 break;
             }
         }
+        bar.finish_and_clear();
         let embed_time = started.elapsed();
         let chunks: i64 = self
             .db
@@ -649,90 +691,116 @@ fn percentile(samples: &mut [Duration], p: f64) -> f64 {
 mod tests {
     use super::*;
 
-    fn args(text: &str) -> Vec<String> {
-        text.split_whitespace().map(str::to_owned).collect()
+    /// `keel bench <text>` as the command line parses it.
+    fn bench(text: &str) -> Result<BenchArgs, clap::Error> {
+        use clap::FromArgMatches as _;
+        BenchArgs::augment_args(clap::Command::new("bench"))
+            .try_get_matches_from(std::iter::once("bench").chain(text.split_whitespace()))
+            .and_then(|matches| BenchArgs::from_arg_matches(&matches))
+    }
+
+    fn quality(text: &str) -> (CollectionArgs, QualityArgs) {
+        match bench(text).unwrap().section {
+            Some(BenchSection::Quality {
+                collection,
+                quality,
+            }) => (collection, quality),
+            other => panic!("{text}: {other:?}"),
+        }
     }
 
     #[test]
     fn sections_and_options_parse() {
-        let all = Options::parse(&[]).unwrap();
-        assert_eq!(all.section, Section::All);
-        assert_eq!(all.dataset_dir, PathBuf::from("../shared/datasets"));
-        let quality = Options::parse(&args(
+        let all = bench("").unwrap();
+        assert!(all.section.is_none());
+        assert_eq!(
+            all.collection.dataset_dir,
+            PathBuf::from("../shared/datasets")
+        );
+        let (collection, options) = quality(
             "quality /data/cisi --documents CISI.ALL --query-ids labelled --relevant-grades 1-2 --judgment-columns 1,2 --sweep --set rrf_k=20 --try bm25_b=0.3,0.5 --modes keyword",
-        ))
-        .unwrap();
-        assert_eq!(quality.section, Section::Quality);
-        assert_eq!(quality.dataset_dir, PathBuf::from("/data/cisi"));
-        let layout = quality.layout.apply(Layout::cranfield());
+        );
+        assert_eq!(collection.dataset_dir, PathBuf::from("/data/cisi"));
+        let layout = collection.layout.apply(Layout::cranfield());
         assert_eq!(layout.documents, "CISI.ALL");
         assert_eq!(layout.queries, "cran.qry", "not overridden");
         assert_eq!(layout.query_ids, QueryIds::Labelled);
         assert_eq!(layout.relevant_grades, GradeRange { min: 1, max: 2 });
         assert_eq!(layout.judgment_columns.grade, None);
-        assert!(quality.plan.sweep);
-        assert_eq!(quality.plan.base["rrf_k"], json!(20));
+        let plan = options.plan();
+        assert!(plan.sweep);
+        assert_eq!(plan.base["rrf_k"], json!(20));
         assert_eq!(
-            quality.plan.trials,
+            plan.trials,
             [("bm25_b".to_owned(), vec![json!(0.3), json!(0.5)])]
         );
-        assert_eq!(quality.plan.modes, ["keyword"]);
-        assert!(Options::parse(&args("quality --modes fuzzy")).is_err());
-        assert!(Options::parse(&args("quality --set rrf_k")).is_err());
-        let load = Options::parse(&args("load")).unwrap();
-        assert_eq!((load.section, load.scale), (Section::Load, None));
+        assert_eq!(plan.modes, ["keyword"]);
+        assert!(matches!(
+            bench("load").unwrap().section,
+            Some(BenchSection::Load {
+                load: LoadArgs { scale: None },
+                ..
+            })
+        ));
+        assert!(matches!(
+            bench("load --scale 1m").unwrap().section,
+            Some(BenchSection::Load {
+                load: LoadArgs {
+                    scale: Some(1_000_000)
+                },
+                ..
+            })
+        ));
         assert_eq!(
-            Options::parse(&args("load --scale 1m")).unwrap().scale,
-            Some(1_000_000)
+            bench("/data --scale 100k").unwrap().load.scale,
+            Some(100_000)
         );
-        assert!(Options::parse(&args("load --scale 10")).is_err());
-        assert!(Options::parse(&args("quality --bogus")).is_err());
-        assert!(Options::parse(&args("quality --tenant")).is_err());
-        assert!(Options::parse(&args("quality a b")).is_err());
+        assert!(matches!(
+            bench("model /data --rust-only").unwrap().section,
+            Some(BenchSection::Model(_))
+        ));
     }
 
     #[test]
-    fn a_directory_of_collections_is_each_of_them() {
-        let root = std::env::temp_dir().join(format!("keel-collections-{}", std::process::id()));
-        for (name, file) in [("med", "MED.ALL"), ("cacm", "cacm.all"), ("notes", "x.txt")] {
-            std::fs::create_dir_all(root.join(name)).unwrap();
-            std::fs::write(root.join(name).join(file), "").unwrap();
+    fn bad_options_are_refused_naming_the_option() {
+        for (args, named, why) in [
+            ("quality --modes fuzzy", "--modes", "not a search mode"),
+            (
+                "quality --modes keyword,fuzzy",
+                "--modes",
+                "one bad mode in a list",
+            ),
+            ("quality --set rrf_k", "--set", "a knob without a value"),
+            ("quality --try bm25_b", "--try", "a trial without values"),
+            (
+                "quality --relevant-grades 3-1",
+                "--relevant-grades",
+                "an empty range",
+            ),
+            (
+                "quality --judgment-columns 0,1",
+                "--judgment-columns",
+                "columns count from 1",
+            ),
+            (
+                "quality --query-ids random",
+                "--query-ids",
+                "neither ordinal nor labelled",
+            ),
+            ("load --scale 10", "--scale", "not 10k, 100k or 1m"),
+            ("quality --bogus", "--bogus", "an unknown option"),
+            (
+                "quality --tenant",
+                "--tenant",
+                "an option without its value",
+            ),
+            ("quality a b", "b", "two dataset directories"),
+            ("load --sweep", "--sweep", "a quality option given to load"),
+            ("artifacts extra", "extra", "artifacts takes no argument"),
+        ] {
+            let error = bench(args).expect_err(why).to_string();
+            assert!(error.contains(named), "{args} ({why}): {error}");
         }
-        let options = Options::parse(&args(&format!(
-            "quality {} --relevant-grades 1-2",
-            root.display()
-        )))
-        .unwrap();
-        let found = options.collections().unwrap();
-        assert_eq!(
-            found,
-            [
-                (
-                    root.join("cacm"),
-                    Layout {
-                        relevant_grades: GradeRange { min: 1, max: 2 },
-                        ..Layout::cacm()
-                    }
-                ),
-                (
-                    root.join("med"),
-                    Layout {
-                        relevant_grades: GradeRange { min: 1, max: 2 },
-                        ..Layout::med()
-                    }
-                ),
-            ]
-        );
-        let one =
-            Options::parse(&args(&format!("quality {}", root.join("med").display()))).unwrap();
-        assert_eq!(
-            one.collections().unwrap(),
-            [(root.join("med"), Layout::med())]
-        );
-        let empty =
-            Options::parse(&args(&format!("quality {}", root.join("notes").display()))).unwrap();
-        assert!(empty.collections().is_err());
-        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

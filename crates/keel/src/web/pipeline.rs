@@ -207,10 +207,13 @@ fn decorate(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-    );
+    // A route serving a page (the dev server's public/ files) names what the
+    // page may load; API answers load nothing.
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
+            "default-src 'none'; frame-ancestors 'none'",
+        ));
     if production {
         headers.insert(
             header::STRICT_TRANSPORT_SECURITY,

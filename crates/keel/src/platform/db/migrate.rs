@@ -128,10 +128,20 @@ pub async fn run(
     client: &mut Client,
     migrations: &[Migration],
 ) -> Result<MigrateReport, MigrateError> {
+    run_reporting(client, migrations, |_| {}).await
+}
+
+/// [`run`], calling `done` after each migration is applied or found already
+/// applied (the CLI's progress bar).
+pub async fn run_reporting(
+    client: &mut Client,
+    migrations: &[Migration],
+    done: impl FnMut(&Migration),
+) -> Result<MigrateReport, MigrateError> {
     client
         .execute("select pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await?;
-    let result = apply_pending(client, migrations).await;
+    let result = apply_pending(client, migrations, done).await;
     // Unlock even after a failure; a dropped connection would release it too.
     let unlocked = client
         .execute("select pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
@@ -144,6 +154,7 @@ pub async fn run(
 async fn apply_pending(
     client: &mut Client,
     migrations: &[Migration],
+    mut done: impl FnMut(&Migration),
 ) -> Result<MigrateReport, MigrateError> {
     let applied = applied_checksums(client).await?;
     let mut report = MigrateReport::default();
@@ -158,6 +169,7 @@ async fn apply_pending(
                 });
             }
             report.already_applied += 1;
+            done(migration);
             continue;
         }
         let failed = |e: tokio_postgres::Error| MigrateError::Failed {
@@ -184,6 +196,7 @@ async fn apply_pending(
         transaction.commit().await.map_err(failed)?;
         tracing::info!(migration = %migration.name, "applied migration");
         report.applied.push(migration.name.clone());
+        done(migration);
     }
     Ok(report)
 }
