@@ -26,6 +26,7 @@ use crate::app::App;
 use crate::knowledge::handlers as knowledge;
 use crate::ops::handlers as ops;
 use crate::routes;
+use crate::sources::handlers as sources;
 use crate::tasks::handlers as tasks;
 use crate::tenants::handlers as tenants;
 use crate::web::error::ErrorBody;
@@ -76,6 +77,12 @@ use crate::webhooks::presets::Verification;
         answers::put_assistant,
         answers::chat::chat,
         answers::chat::completions,
+        sources::create,
+        sources::list,
+        sources::read,
+        sources::delete,
+        sources::sync,
+        sources::cron,
     ),
     components(schemas(ErrorBody)),
     modifiers(&SecuritySchemes),

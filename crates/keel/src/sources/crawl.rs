@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
+use utoipa::ToSchema;
 use url::Url;
 
 use super::pages::{self, Unusable};
@@ -19,7 +20,7 @@ use super::robots::{self, Robots, Rules};
 use super::sitemaps::{self, Sitemap};
 use super::store::{
     AcquireHost, CachedRobots, Claim, ClaimSource, ClaimedSource, FinishRun, KnownPage, Leased,
-    PendingPages, RecordListing, RecordPage, ReleaseHost, StoreRobots, StoredRobots,
+    PendingPages, RecordListing, RecordPage, ReleaseHost, Source, StoreRobots, StoredRobots,
 };
 use super::{SourceError, definitions};
 use crate::knowledge::documents::{self, DocumentInput};
@@ -46,7 +47,7 @@ const PAGE_BATCH: u32 = 16;
 const LEASE_MARGIN: Duration = Duration::from_secs(60);
 
 /// What one run did, over every source it worked on.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, ToSchema)]
 pub struct RunReport {
     pub sources: u32,
     pub pages_fetched: u32,
@@ -154,7 +155,7 @@ impl Crawler<'_> {
         tenant: &TenantRef,
         id: &str,
         budget: Duration,
-    ) -> Result<(RunReport, Option<Value>), SourceError> {
+    ) -> Result<(RunReport, Option<Source>), SourceError> {
         let mut run = Run::new(budget);
         let claim = tenant
             .run(
@@ -183,7 +184,7 @@ impl Crawler<'_> {
         &self,
         source: &ClaimedSource,
         run: &mut Run,
-    ) -> Result<Option<Value>, SourceError> {
+    ) -> Result<Option<Source>, SourceError> {
         run.report.sources += 1;
         let lease = Leased {
             id: &source.id,

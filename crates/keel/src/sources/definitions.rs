@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 use url::Url;
+use utoipa::ToSchema;
 
 use super::SourceError;
 
@@ -13,18 +14,24 @@ const MAX_PATTERN_CHARS: usize = 200;
 pub const MAX_PAGES: u32 = 50_000;
 const DEFAULT_MAX_PAGES: u32 = 1_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceRequest {
+    /// `sitemap` (every page it lists, nested sitemaps followed) or `page`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// An `http(s)` URL of at most 2,048 characters on a public host.
     pub url: String,
+    /// `daily` (default) or `hourly`.
     #[serde(default)]
     pub schedule: Option<String>,
+    /// Sitemap sources: path patterns (`/menu/*`) a page must match; at most 50.
     #[serde(default)]
     pub include: Vec<String>,
+    /// Sitemap sources: path patterns a page must not match; at most 50.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Pages taken from the source, 1 to 50,000; default 1,000.
     #[serde(default)]
     pub max_pages: Option<u32>,
 }

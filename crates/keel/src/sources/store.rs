@@ -1,12 +1,94 @@
 //! The sources SQL functions Keel calls (migrations/0020), one typed
-//! binding each. The API's views of a source are built by the database
-//! (`keel.source_json`) and passed through as they are.
+//! binding each, and the API's view of a source (built by the database's
+//! `keel.source_json`, read into [`Source`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::ops::audit::Audit;
 use crate::platform::db::SqlFunction;
+
+/// A source as the API shows it: its definition, its state and the counts
+/// of its current and last crawl.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Source {
+    pub id: String,
+    /// `sitemap` or `page`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub url: String,
+    /// `daily` or `hourly`.
+    pub schedule: String,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub max_pages: u32,
+    pub created_at: String,
+    /// `idle` between crawls, otherwise the phase of the current one.
+    pub state: String,
+    /// When the next crawl starts (idle sources only).
+    pub next_run_at: Option<String>,
+    /// Pages that are documents now.
+    pub pages: u64,
+    pub current_run: Option<CurrentRun>,
+    pub last_run: Option<LastRun>,
+}
+
+/// The crawl in progress.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CurrentRun {
+    pub cycle: u64,
+    pub started_at: String,
+    pub pages_listed: u64,
+    pub pages_pending: u64,
+    #[serde(flatten)]
+    pub counts: PageCounts,
+}
+
+/// The last finished crawl.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LastRun {
+    pub started_at: String,
+    pub finished_at: String,
+    pub pages_seen: u64,
+    /// False when the listing failed: pages missing from it were kept.
+    pub listing_complete: bool,
+    pub pages_removed: u64,
+    #[serde(flatten)]
+    pub counts: PageCounts,
+}
+
+/// What a crawl did with each page, by outcome.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct PageCounts {
+    #[serde(default)]
+    pub changed: u64,
+    #[serde(default)]
+    pub unchanged: u64,
+    #[serde(default)]
+    pub failed: u64,
+    #[serde(default)]
+    pub unsupported: u64,
+    #[serde(default)]
+    pub gone: u64,
+    #[serde(default)]
+    pub disallowed: u64,
+    /// Listed pages refused by the tenant's page quota.
+    #[serde(default)]
+    pub over_quota: u64,
+    /// Documents removed.
+    #[serde(default)]
+    pub removed: u64,
+    /// Why the listing failed, when it did.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// `GET /api/sources`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SourceList {
+    pub sources: Vec<Source>,
+}
 
 /// `keel_create_source`: a validated source (see `definitions`).
 #[derive(Serialize)]
@@ -25,7 +107,7 @@ pub struct CreateSource<'a> {
 
 impl SqlFunction for CreateSource<'_> {
     const NAME: &'static str = "keel_create_source";
-    type Output = Value;
+    type Output = Source;
 }
 
 /// `keel_list_sources`: the tenant's sources, oldest first (at most 50 exist).
@@ -34,7 +116,7 @@ pub struct ListSources {}
 
 impl SqlFunction for ListSources {
     const NAME: &'static str = "keel_list_sources";
-    type Output = Value;
+    type Output = SourceList;
 }
 
 /// `keel_get_source`: one source with its progress and last run.
@@ -45,7 +127,7 @@ pub struct GetSource<'a> {
 
 impl SqlFunction for GetSource<'_> {
     const NAME: &'static str = "keel_get_source";
-    type Output = Value;
+    type Output = Source;
 }
 
 /// `keel_delete_source`: the source, its pages and their documents.
@@ -55,7 +137,7 @@ pub struct DeleteSource<'a> {
     pub audit: &'a Audit,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DeletedSource {
     pub deleted: String,
     pub documents_deleted: u64,
@@ -270,7 +352,7 @@ pub struct FinishRun<'a> {
 #[derive(Deserialize)]
 pub struct RunFinished {
     pub lease_lost: bool,
-    pub source: Option<Value>,
+    pub source: Option<Source>,
 }
 
 impl SqlFunction for FinishRun<'_> {
