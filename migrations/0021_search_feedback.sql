@@ -259,8 +259,8 @@ $$;
 -- and the keyword query gains up to `feedback_terms` of their words
 -- (keel.feedback_terms), each weighing `feedback_term_weight` times its
 -- relative score. 0 chunks (or both weights 0) is the plain search of 0016.
--- Shipped: hybrid mode takes its 5 best fused chunks and moves the vector a
--- quarter of the way (+0.012 mean nDCG@10, every collection up, one more
+-- Shipped: hybrid mode takes its 3 best fused chunks and moves the vector a
+-- quarter of the way (+0.017 mean nDCG@10, every collection up, one more
 -- HNSW scan); keyword expansion is off (+0.001 more for twice the time).
 -- Every knob defaults to the value docs/search-quality.md measured best
 -- (mean over the development collections).
@@ -289,9 +289,9 @@ declare
   v_b float8 := coalesce((args->>'bm25_b')::float8, 0.75);
   v_title_weight float8 := coalesce((args->>'title_weight')::float8, 1);
   -- Hybrid only by default: the fused ranking is the better feedback, and
-  -- vector alone gained little for a second index scan (experiment 8).
+  -- vector alone gained less for a second index scan (experiments 8, 12).
   v_feedback_chunks int := least(greatest(coalesce((args->>'feedback_chunks')::numeric::int,
-                                                   case when args->>'mode' = 'hybrid' then 5 else 0 end), 0), 20);
+                                                   case when args->>'mode' = 'hybrid' then 3 else 0 end), 0), 20);
   v_feedback_vector_weight float8 := coalesce((args->>'feedback_vector_weight')::float8, 0.25);
   v_feedback_terms int := least(greatest(coalesce((args->>'feedback_terms')::numeric::int, 0), 0), 10);
   v_feedback_term_weight float8 := coalesce((args->>'feedback_term_weight')::float8, 0);
