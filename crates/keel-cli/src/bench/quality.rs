@@ -150,6 +150,26 @@ fn experiments() -> Vec<Experiment> {
             modes: modes(&["hybrid"]),
             settings: numbers("candidates", &[20.0, 40.0, 80.0, 160.0]),
         },
+        Experiment {
+            title: "feedback chunks (pseudo-relevance feedback, migrations/0021)".into(),
+            modes: modes(&["keyword", "vector", "hybrid"]),
+            settings: numbers("feedback_chunks", &[0.0, 3.0, 5.0, 10.0]),
+        },
+        Experiment {
+            title: "weight of the feedback chunks' mean vector in the query vector".into(),
+            modes: modes(&["vector", "hybrid"]),
+            settings: numbers("feedback_vector_weight", &[0.0, 0.25, 0.5, 0.75]),
+        },
+        Experiment {
+            title: "feedback words added to the keyword query".into(),
+            modes: modes(&["keyword", "hybrid"]),
+            settings: numbers("feedback_terms", &[0.0, 5.0, 10.0]),
+        },
+        Experiment {
+            title: "weight of a feedback word (relative to a query word)".into(),
+            modes: modes(&["keyword", "hybrid"]),
+            settings: numbers("feedback_term_weight", &[0.0, 0.25, 0.5, 1.0]),
+        },
     ]
 }
 
