@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Serialize;
 use serde_json::json;
-use utoipa::ToSchema;
 use url::Url;
+use utoipa::ToSchema;
 
 use super::pages::{self, Unusable};
 use super::robots::{self, Robots, Rules};
