@@ -79,7 +79,7 @@ fn every_subcommand_documents_its_arguments_and_options() {
                 "model",
                 "artifacts",
                 "[DATASET_DIR]",
-                "--scale <100k|1m>",
+                "--scale <10k|100k|1m>",
                 "--sweep",
             ],
         ),
@@ -97,7 +97,11 @@ fn every_subcommand_documents_its_arguments_and_options() {
         ),
         (
             "bench load",
-            &["[DATASET_DIR]", "--scale <100k|1m>", "--tenant <PREFIX>"],
+            &[
+                "[DATASET_DIR]",
+                "--scale <10k|100k|1m>",
+                "--tenant <PREFIX>",
+            ],
         ),
         (
             "bench model",
@@ -148,7 +152,7 @@ fn a_wrong_command_line_says_what_is_wrong_and_exits_2() {
         ),
         (
             &["bench", "load", "--scale", "10"],
-            "`10` is not 100k or 1m",
+            "`10` is not 10k, 100k or 1m",
             "not a scale",
         ),
         (

@@ -56,7 +56,7 @@ fn listed(dom: &str) -> BTreeSet<String> {
 /// what chromium logged.
 fn render(url: &str) -> (String, String) {
     let profile = tempdir("keel-chromium-profile");
-    let mut child = Command::new("chromium")
+    let child = Command::new("chromium")
         .args([
             "--headless",
             // Root (CI, containers) has no user namespace sandbox to drop into.
@@ -75,15 +75,20 @@ fn render(url: &str) -> (String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("chromium is installed (scripts/test installs Debian's chromium)");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("chromium did not finish rendering {url} in 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    // The DOM is read while chromium writes it: a page larger than the pipe's
+    // buffer would otherwise block chromium on a write nobody reads.
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let output = child.wait_with_output();
+        done.send(()).ok();
+        output
+    });
+    if finished.recv_timeout(Duration::from_secs(90)).is_err() {
+        Command::new("kill").arg(pid.to_string()).status().ok();
+        panic!("chromium did not finish rendering {url} in 90 s");
     }
-    let output = child.wait_with_output().unwrap();
+    let output = reader.join().unwrap().unwrap();
     std::fs::remove_dir_all(&profile).ok();
     assert!(output.status.success(), "chromium failed: {output:?}");
     (
