@@ -161,6 +161,11 @@ fn experiments() -> Vec<Experiment> {
             settings: numbers("feedback_vector_weight", &[0.0, 0.25, 0.5, 0.75]),
         },
         Experiment {
+            title: "keyword weight when choosing the feedback chunks (migrations/0022)".into(),
+            modes: modes(&["hybrid"]),
+            settings: numbers("feedback_keyword_weight", &[0.5, 0.75, 1.0, 1.25, 1.5]),
+        },
+        Experiment {
             title: "feedback words added to the keyword query".into(),
             modes: modes(&["keyword", "hybrid"]),
             settings: numbers("feedback_terms", &[0.0, 5.0, 10.0]),
