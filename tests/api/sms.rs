@@ -590,3 +590,63 @@ async fn texts_are_answered_in_twiml_well_within_the_deadline() {
         );
     }
 }
+
+#[tokio::test]
+async fn texts_beyond_the_tenants_chat_quota_wait_for_it_instead_of_being_answered() {
+    // One answer a minute; a refused reply task waits a minute to retry.
+    let stack = sms_stack(
+        true,
+        &[
+            ("RATE_LIMIT_CHAT_PER_MINUTE", "1"),
+            ("SMS_REPLY_DEADLINE_MS", "300"),
+            ("TASK_RETRY_BASE_SECONDS", "60"),
+        ],
+    )
+    .await;
+    let endpoint = stack.twilio_endpoint().await;
+    let posts = stack
+        .twilio_posts(&endpoint, &["When are you open?", "Anything vegan?"])
+        .await;
+
+    let (_, _, first) = stack.post_twilio(&endpoint, &posts[0]).await;
+    assert!(first.contains("noon to 11pm"), "within the quota: {first}");
+    // The second text is stored but the quota is spent: no answer now.
+    let (status, content_type, second) = stack.post_twilio(&endpoint, &posts[1]).await;
+    assert_eq!((status, content_type.as_str()), (200, "text/xml"));
+    assert_eq!(
+        second,
+        r#"<?xml version="1.0" encoding="UTF-8"?><Response/>"#
+    );
+
+    // Its reply task, once due, is refused by the same quota and waits to
+    // retry: nothing is sent, nothing is answered.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    stack.app.run_cron("/api/cron/tasks").await;
+    let tasks: Value = stack
+        .app
+        .get_json("/api/tasks?kind=sms.reply&status=failed", &stack.key)
+        .await;
+    let waiting = tasks["tasks"].as_array().unwrap();
+    assert_eq!(waiting.len(), 1, "{tasks}");
+    assert!(
+        waiting[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("rate limit exceeded on chat"),
+        "{tasks}"
+    );
+    assert!(stack.twilio.received().is_empty());
+    let conversation = stack.conversation(&conversation_id(&endpoint)).await;
+    assert_eq!(conversation["message_count"], 2, "{conversation}");
+
+    // Texts and the tenant's own chat clients draw from one quota.
+    let chat = stack
+        .app
+        .post_json(
+            "/api/v1/chat/completions",
+            &stack.key,
+            &json!({"messages": [{"role": "user", "content": "Anything vegan?"}]}),
+        )
+        .await;
+    assert_eq!(chat.status(), 429);
+}

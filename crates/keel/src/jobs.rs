@@ -33,6 +33,7 @@ pub const KINDS: &[TaskKind<Arc<App>>] = &[
                         db: &app.db,
                         knowledge: &app.knowledge,
                         answers: &app.answers,
+                        rate_limits: &app.config.rate_limits,
                     },
                     config: &app.config,
                     http: &app.http,

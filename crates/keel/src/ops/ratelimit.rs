@@ -275,6 +275,43 @@ impl RateGate {
     }
 }
 
+/// `keel_take_tenant_quota`: one request from a tenant's quota of `scope`,
+/// for work done on the tenant's behalf that no request of the tenant paid
+/// for (an inbound text answered after a provider's webhook).
+#[derive(Serialize)]
+struct TakeTenantQuota<'a> {
+    tenant_id: &'a str,
+    scope: &'static str,
+    per_minute: u32,
+}
+
+impl SqlFunction for TakeTenantQuota<'_> {
+    const NAME: &'static str = "keel_take_tenant_quota";
+    type Output = Quota;
+}
+
+/// Takes one request from `tenant_id`'s quota of `scope` (the bucket its
+/// own requests of that scope draw from), or refuses with the quota.
+pub async fn charge_tenant(
+    db: &Db,
+    settings: &RateLimitSettings,
+    scope: Scope,
+    tenant_id: &str,
+) -> Result<Quota, GateError> {
+    let quota = db
+        .run(&TakeTenantQuota {
+            tenant_id,
+            scope: scope.as_str(),
+            per_minute: scope.per_minute(settings),
+        })
+        .await?;
+    if quota.allowed {
+        Ok(quota)
+    } else {
+        Err(GateError::Refused(scope, quota))
+    }
+}
+
 /// The bucket a per-address quota counts `ip` in: the IPv4 address, or the
 /// IPv6 /64 around it, since a single IPv6 host is handed a whole /64 and
 /// could otherwise take a fresh quota for each of its 2^64 addresses.

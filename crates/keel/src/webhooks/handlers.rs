@@ -428,6 +428,7 @@ pub async fn receive(app: Arc<App>, request: ApiRequest) -> HandlerResult {
                     db: &app.db,
                     knowledge: &app.knowledge,
                     answers: &app.answers,
+                    rate_limits: &app.config.rate_limits,
                 };
                 sms::answer_twilio(
                     &answering,

@@ -31,8 +31,8 @@ use crate::answers::pipeline::{
     self, AnswerSink, Answers, Disconnected, Outcome, Prepared, Question,
 };
 use crate::knowledge::Knowledge;
-use crate::ops::ratelimit::{GateError, RateGate};
-use crate::platform::config::Config;
+use crate::ops::ratelimit::{self, GateError, RateGate, Scope};
+use crate::platform::config::{Config, RateLimitSettings};
 use crate::platform::crypto;
 use crate::platform::db::Db;
 use crate::tasks::{Task, TaskError};
@@ -110,6 +110,8 @@ pub struct Answering<'a> {
     pub db: &'a Db,
     pub knowledge: &'a Knowledge,
     pub answers: &'a Answers,
+    /// Each answer takes one request from the tenant's chat quota.
+    pub rate_limits: &'a RateLimitSettings,
 }
 
 /// An answer composed, not yet recorded.
@@ -142,7 +144,10 @@ impl Composed {
 }
 
 /// The whole answer to `text` in the conversation of the endpoint's tenant,
-/// with the history stored there.
+/// with the history stored there. It costs what a chat request costs, so it
+/// takes one from the tenant's chat quota first: a flood of texts cannot buy
+/// more answers than the tenant's own chat clients could (refused, the
+/// webhook leaves the text to its task, which retries after a backoff).
 pub async fn compose(
     answering: &Answering<'_>,
     tenant_id: &str,
@@ -150,6 +155,7 @@ pub async fn compose(
     text: &str,
 ) -> Result<Composed, AnswersError> {
     let started = Instant::now();
+    ratelimit::charge_tenant(answering.db, answering.rate_limits, Scope::Chat, tenant_id).await?;
     let caller = ChatCaller::Trusted {
         tenant_id: tenant_id.to_owned(),
     };
