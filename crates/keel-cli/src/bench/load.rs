@@ -115,6 +115,10 @@ pub async fn run(harness: &Harness, sets: &[Loaded], scale: Option<usize>) -> an
         ));
     }
 
+    for row in super::peer::rows(harness, &judged_key, sets, &at).await? {
+        table.push(row);
+    }
+
     if let Some(largest) = scale {
         scaled(harness, sets, &queries, largest, &mut table).await?;
     }
@@ -353,6 +357,10 @@ async fn scaled(
             ));
         }
         for row in super::answers::rows(harness, &scale_key, queries, scale).await? {
+            table.push(row);
+        }
+        let at = format!("{}k synthetic chunks", scale / 1000);
+        for row in super::peer::rows(harness, &scale_key, sets, &at).await? {
             table.push(row);
         }
         let recall = hnsw_recall(harness, &scale_key, &query_vectors).await?;

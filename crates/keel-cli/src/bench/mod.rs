@@ -19,6 +19,7 @@ mod answers;
 mod collection;
 mod load;
 mod metrics;
+mod peer;
 mod quality;
 mod reference;
 
@@ -653,6 +654,25 @@ impl Harness {
         top_k: usize,
         tuning: &Value,
     ) -> anyhow::Result<Vec<Value>> {
+        let args = self.search_args(key, query, vector, mode, top_k, tuning);
+        let mut outcome: Value = self.app.db.call("keel_search", &args).await?;
+        match outcome.get_mut("results").map(Value::take) {
+            Some(Value::Array(results)) => Ok(results),
+            _ => bail!("keel_search answered {outcome}"),
+        }
+    }
+
+    /// The arguments of `keel_search` as the handler passes them once it
+    /// holds the query vector, plus `tuning`.
+    fn search_args(
+        &self,
+        key: &str,
+        query: &str,
+        vector: &[f32],
+        mode: &str,
+        top_k: usize,
+        tuning: &Value,
+    ) -> Value {
         let mut args = json!({
             "key_hash": keel::tenants::keys::hash_key(key),
             "mode": mode,
@@ -672,11 +692,7 @@ impl Harness {
         if let (Some(args), Some(tuning)) = (args.as_object_mut(), tuning.as_object()) {
             args.extend(tuning.clone());
         }
-        let mut outcome: Value = self.app.db.call("keel_search", &args).await?;
-        match outcome.get_mut("results").map(Value::take) {
-            Some(Value::Array(results)) => Ok(results),
-            _ => bail!("keel_search answered {outcome}"),
-        }
+        args
     }
 }
 
