@@ -283,6 +283,14 @@ async fn create_source(app: &TestApp, key: &str, body: Value) -> Value {
     response.json().await.unwrap()
 }
 
+/// Creates a source and answers its id.
+async fn source_id(app: &TestApp, key: &str, body: Value) -> String {
+    create_source(app, key, body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 async fn sync(app: &TestApp, key: &str, id: &str) -> Value {
     let response = app
         .post_json(&format!("/api/sources/{id}/sync"), key, &json!({}))
@@ -462,15 +470,12 @@ async fn pages_that_disappear_are_removed_but_a_broken_sitemap_removes_nothing()
     let key = app.create_tenant("joes").await;
     let site = Site::start().await;
     restaurant(&site);
-    let id = create_source(
+    let id = source_id(
         &app,
         &key,
         json!({"type": "sitemap", "url": site.url("/sitemap.xml")}),
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    .await;
     sync(&app, &key, &id).await;
     assert_eq!(documents(&app, &key).await.len(), 4);
 
@@ -545,15 +550,12 @@ async fn the_guard_refuses_a_redirect_to_cloud_metadata_and_slow_or_binary_pages
         &["/", "/menu", "/specials"],
         &["/events", "/menu.pdf", "/hours.md"],
     );
-    let id = create_source(
+    let id = source_id(
         &app,
         &key,
         json!({"type": "sitemap", "url": site.url("/sitemap.xml")}),
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    .await;
     let started = Instant::now();
     let run = sync(&app, &key, &id).await;
     assert!(
@@ -630,15 +632,12 @@ async fn a_big_source_resumes_across_overlapping_runs_politely_and_fetches_nothi
         "/sitemap.xml",
         Resource::with_type("application/xml", site.urlset(&refs)),
     );
-    let id = create_source(
+    let id = source_id(
         &app,
         &key,
         json!({"type": "sitemap", "url": site.url("/sitemap.xml")}),
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    .await;
 
     let mut progress = Vec::new();
     for _ in 0..20 {
@@ -691,28 +690,22 @@ async fn a_tenant_lists_no_more_pages_than_its_quota() {
     let key = app.create_tenant("joes").await;
     let site = Site::start().await;
     restaurant(&site);
-    let id = create_source(
+    let id = source_id(
         &app,
         &key,
         json!({"type": "sitemap", "url": site.url("/sitemap.xml")}),
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    .await;
     let run = sync(&app, &key, &id).await;
     assert_eq!(run["run"]["changed"], 3, "{run}");
     assert_eq!(run["source"]["last_run"]["over_quota"], 1, "{run}");
     assert_eq!(documents(&app, &key).await.len(), 3);
-    let other = create_source(
+    let other = source_id(
         &app,
         &key,
         json!({"type": "page", "url": site.url("/about")}),
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    .await;
     let run = sync(&app, &key, &other).await;
     assert_eq!(
         run["run"]["pages_fetched"], 0,
@@ -865,15 +858,12 @@ async fn another_tenant_can_neither_see_nor_sync_nor_delete_a_source() {
     let clinic = app.create_tenant("clinic").await;
     let site = Site::start().await;
     restaurant(&site);
-    let id = create_source(
+    let id = source_id(
         &app,
         &joes,
         json!({"type": "page", "url": site.url("/menu")}),
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    .await;
     sync(&app, &joes, &id).await;
 
     let listed = app.get_json("/api/sources", &clinic).await;
