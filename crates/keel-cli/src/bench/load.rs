@@ -3,10 +3,10 @@
 //! chunks and their vectors) to measure search per mode through the HTTP API:
 //! latency one search at a time (warm, query vectors cached; the client's
 //! clock and the server's `took_ms`) and capacity with `CLIENTS` concurrent
-//! clients. With `--scale`, one tenant is also grown to 10k, 100k (and 1M)
-//! chunks (the first collection's chunks repeated, their vectors nudged by
-//! small noise) to measure latency and the recall@10 of the HNSW index
-//! against exact search.
+//! clients. With `--scale`, one tenant is also grown to 10k and 100k chunks
+//! of the real-prose corpus (bench/corpus.rs), and with `1m` joined by 999
+//! small tenants, to measure latency beside the peer and the recall@10 of
+//! the HNSW index against exact search.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -16,11 +16,15 @@ use futures::StreamExt as _;
 use rand::Rng as _;
 use serde_json::{Value, json};
 
+use super::chart::{self, LatencyChart};
 use super::collection::Collection;
 use super::quality::Loaded;
 use super::{Harness, INGEST_BATCH, percentile};
 
-const SCALES: [usize; 3] = [10_000, 100_000, 1_000_000];
+/// The sizes one tenant is grown to with the corpus.
+const SCALES: [usize; 2] = [10_000, 100_000];
+/// The chunks of each small tenant at the 1m scale.
+const SMALL_TENANT_CHUNKS: usize = 900;
 const INTAKE_DELIVERIES: usize = 2_000;
 const INTAKE_CONCURRENCY: usize = 64;
 const MODES: [&str; 3] = ["keyword", "vector", "hybrid"];
@@ -92,20 +96,14 @@ pub async fn run(harness: &Harness, sets: &[Loaded], scale: Option<usize>) -> an
         names.join(" + "),
         queries.len()
     );
-    eprintln!("measuring over {at}…");
-    for mode in MODES {
-        let (mut http, mut took) = latencies(harness, &judged_key, &queries, mode).await?;
-        table.push(format!(
-            "| search {mode}, {at}: p50 / p95 (HTTP, warm; server took_ms) | {:.1} / {:.1} ms ({:.0} / {:.0} ms) |",
-            percentile(&mut http, 0.5),
-            percentile(&mut http, 0.95),
-            percentile(&mut took, 0.5),
-            percentile(&mut took, 0.95),
-        ));
-    }
-    for row in super::answers::rows(harness, &judged_key, &queries, judged_chunks as usize).await? {
-        table.push(row);
-    }
+    let query_vectors: Vec<Vec<f32>> = sets.iter().flat_map(|s| s.vectors.clone()).collect();
+    let mut chart = LatencyChart::default();
+    let scene = Scene {
+        sets,
+        queries: &queries,
+        query_vectors: &query_vectors,
+    };
+    measure_at(harness, &judged_key, &scene, &at, &mut table, &mut chart).await?;
     for mode in MODES {
         let (searches, mut samples) = capacity(harness, &judged_key, &queries, mode).await?;
         table.push(format!(
@@ -115,12 +113,16 @@ pub async fn run(harness: &Harness, sets: &[Loaded], scale: Option<usize>) -> an
         ));
     }
 
-    for row in super::peer::rows(harness, &judged_key, sets, &at).await? {
-        table.push(row);
-    }
-
     if let Some(largest) = scale {
-        scaled(harness, sets, &queries, largest, &mut table).await?;
+        scaled(harness, &scene, largest, &mut table, &mut chart).await?;
+        chart.draw(
+            std::path::Path::new(chart::PATH),
+            &format!(
+                "Search p95 against tenant size ({}, 2 cores)",
+                harness.model.name
+            ),
+        )?;
+        eprintln!("drew {}", chart::PATH);
     }
 
     println!(
@@ -304,70 +306,144 @@ async fn capacity(
     Ok((all.len(), all))
 }
 
-/// One tenant grown to each scale up to `largest`: latency per mode and
-/// HNSW recall at each.
+/// The real-prose corpus (bench/corpus.rs) searched at scale: one tenant
+/// grown to 10k and 100k of its passages (their own vectors), latency per
+/// mode, the peer and HNSW recall at each; at 1m, 999 more tenants of
+/// [`SMALL_TENANT_CHUNKS`] chunks each, whose vectors are derived from the
+/// corpus' (see [`derived`]), and the same measured for one small tenant.
 async fn scaled(
     harness: &Harness,
-    sets: &[Loaded],
-    queries: &[String],
+    scene: &Scene<'_>,
     largest: usize,
     table: &mut Table,
+    chart: &mut LatencyChart,
 ) -> anyhow::Result<()> {
-    let query_vectors: Vec<Vec<f32>> = sets.iter().flat_map(|s| s.vectors.clone()).collect();
+    let collections: Vec<&Collection> = scene.sets.iter().map(|s| &s.collection).collect();
+    let corpus = tokio::task::block_in_place(|| {
+        super::corpus::load_or_build(std::path::Path::new(super::corpus::CACHE_DIR), &collections)
+    })?;
+    table.push(format!(
+        "| corpus: {} distinct passages of real prose, embedded by {} | {} |",
+        corpus.passages.len(),
+        harness.model.name,
+        corpus.describe()
+    ));
     let scale_key = harness
         .create_tenant(&format!("scale-{}", rand::rng().random::<u32>()))
         .await?;
-    let base_rows = harness
-        .db
-        .query(
-            "select c.content, e.embedding::text from keel.embeddings e join keel.chunks c on c.id = e.chunk_id
-             where c.tenant_id = $1::text::uuid and e.model = $2 and e.dimensions = $3",
-            &[
-                &sets[0].ingested.tenant_id,
-                &harness.model.name,
-                &(harness.model.dimensions as i32),
-            ],
-        )
-        .await?;
-    let base: Vec<(String, Vec<f32>)> = base_rows
-        .iter()
-        .map(|row| {
-            let text: String = row.get(1);
-            let vector = text
-                .trim_matches(['[', ']'])
-                .split(',')
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            (row.get(0), vector)
-        })
-        .collect();
     let mut inserted = 0;
-    for scale in SCALES.into_iter().filter(|s| *s <= largest) {
-        eprintln!("growing a tenant to {scale} chunks…");
-        insert_synthetic(harness, &scale_key, &base, inserted, scale).await?;
+    for scale in SCALES
+        .into_iter()
+        .filter(|s| *s <= largest.min(corpus.passages.len()))
+    {
+        eprintln!("growing a tenant to {scale} chunks of the corpus…");
+        let chunks =
+            (inserted..scale).map(|i| (corpus.passages[i].as_str(), corpus.vector(i).to_vec()));
+        let grown = TenantChunks {
+            key: scale_key.clone(),
+            chunks: chunks.collect(),
+        };
+        drop_vector_indexes(harness).await?;
+        insert_chunks(harness, &[grown]).await?;
+        build_vector_indexes(harness, table).await?;
         inserted = scale;
-        eprintln!("measuring at {scale} chunks…");
-        for mode in MODES {
-            let (mut http, _) = latencies(harness, &scale_key, queries, mode).await?;
-            table.push(format!(
-                "| search {mode} at {}k synthetic chunks: p50 / p95 (HTTP, warm) | {:.1} ms / {:.1} ms |",
-                scale / 1000,
-                percentile(&mut http, 0.5),
-                percentile(&mut http, 0.95)
-            ));
+        let at = format!("one tenant of {}k corpus chunks", scale / 1000);
+        measure_at(harness, &scale_key, scene, &at, table, chart).await?;
+    }
+    if largest > corpus.passages.len() {
+        let tenants = (largest - corpus.passages.len()) / SMALL_TENANT_CHUNKS;
+        eprintln!("adding {tenants} tenants of {SMALL_TENANT_CHUNKS} chunks each…");
+        let mut small_keys = Vec::with_capacity(tenants);
+        let bar = crate::progress::bar(tenants, "tenants");
+        drop_vector_indexes(harness).await?;
+        for group in (0..tenants).collect::<Vec<_>>().chunks(100) {
+            let mut batch = Vec::new();
+            for &t in group {
+                let key = harness
+                    .create_tenant(&format!("small-{t}-{}", rand::rng().random::<u32>()))
+                    .await?;
+                let first = t * SMALL_TENANT_CHUNKS;
+                let chunks = (first..first + SMALL_TENANT_CHUNKS).map(|i| {
+                    let i = i % corpus.passages.len();
+                    (corpus.passages[i].as_str(), derived(corpus.vector(i)))
+                });
+                batch.push(TenantChunks {
+                    key,
+                    chunks: chunks.collect(),
+                });
+            }
+            insert_chunks(harness, &batch).await?;
+            bar.inc(group.len() as u64);
+            small_keys.extend(batch.into_iter().map(|t| t.key));
         }
-        for row in super::answers::rows(harness, &scale_key, queries, scale).await? {
-            table.push(row);
-        }
-        let at = format!("{}k synthetic chunks", scale / 1000);
-        for row in super::peer::rows(harness, &scale_key, sets, &at).await? {
-            table.push(row);
-        }
-        let recall = hnsw_recall(harness, &scale_key, &query_vectors).await?;
+        bar.finish_and_clear();
+        build_vector_indexes(harness, table).await?;
+        let total: i64 = harness
+            .db
+            .query_one("select count(*) from keel.chunks", &[])
+            .await?
+            .get(0);
+        let at = format!(
+            "a {SMALL_TENANT_CHUNKS}-chunk tenant among {} tenants, {total} chunks in all",
+            tenants + 1
+        );
+        // Not charted: the chart follows the searched tenant's size.
+        let mut uncharted = LatencyChart::default();
+        measure_at(harness, &small_keys[0], scene, &at, table, &mut uncharted).await?;
+    }
+    Ok(())
+}
+
+/// What every measured tenant is searched with: the judged collections'
+/// queries and their vectors.
+struct Scene<'a> {
+    sets: &'a [Loaded],
+    queries: &'a [String],
+    query_vectors: &'a [Vec<f32>],
+}
+
+/// Latency per mode over HTTP, the answers' overhead, the peer in the
+/// database and vector recall, for one tenant; the p95s also on the chart.
+async fn measure_at(
+    harness: &Harness,
+    key: &str,
+    scene: &Scene<'_>,
+    at: &str,
+    table: &mut Table,
+    chart: &mut LatencyChart,
+) -> anyhow::Result<()> {
+    eprintln!("measuring at {at}…");
+    let chunks: i64 = harness
+        .db
+        .query_one(
+            "select count(*) from keel.chunks where tenant_id = $1::text::uuid",
+            &[&harness.tenant_id(key).await?],
+        )
+        .await?
+        .get(0);
+    for mode in MODES {
+        let (mut http, mut took) = latencies(harness, key, scene.queries, mode).await?;
+        let p95 = percentile(&mut http, 0.95);
         table.push(format!(
-            "| HNSW recall@10 vs exact at {}k chunks (m 16, ef_construction 64, ef_search 40, iterative scan) | {recall:.3} |",
-            scale / 1000
+            "| search {mode}, {at}: p50 / p95 (HTTP, warm; server took_ms) | {:.1} / {p95:.1} ms ({:.0} / {:.0} ms) |",
+            percentile(&mut http, 0.5),
+            percentile(&mut took, 0.5),
+            percentile(&mut took, 0.95),
         ));
+        chart.add(&format!("Keel {mode}, HTTP"), chunks, p95);
+    }
+    for row in super::answers::rows(harness, key, scene.queries, chunks as usize).await? {
+        table.push(row);
+    }
+    let mut comparison = super::peer::compare(harness, key, scene.sets).await?;
+    let (keel_p95, peer_p95) = comparison.p95s();
+    chart.add("Keel hybrid, database", chunks, keel_p95);
+    chart.add("Supabase hybrid_search (peer), database", chunks, peer_p95);
+    for row in comparison.rows(at) {
+        table.push(row);
+    }
+    for row in recall_rows(harness, key, scene.query_vectors, at).await? {
+        table.push(row);
     }
     Ok(())
 }
@@ -458,108 +534,171 @@ async fn intake(harness: &Harness, table: &mut Table) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Adds chunks `from..to` to the tenant: the collection's chunks with their vectors
-/// nudged by small noise, so the index sees realistic clusters.
-async fn insert_synthetic(
-    harness: &Harness,
-    tenant_key: &str,
-    base: &[(String, Vec<f32>)],
-    from: usize,
-    to: usize,
-) -> anyhow::Result<()> {
-    let db = &harness.db;
-    let (model, dimensions) = (&harness.model.name, harness.model.dimensions as i32);
-    let tenant = harness.tenant_id(tenant_key).await?;
-    // Bulk loads build HNSW faster than row-by-row inserts: drop, load, rebuild.
-    db.batch_execute(
-        "delete from keel.embedding_models;
-         do $$ declare i text; begin
-           for i in select indexname from pg_indexes where schemaname = 'keel' and indexname like 'embeddings_hnsw_%' loop
-             execute format('drop index keel.%I', i);
-           end loop; end $$;",
-    )
-    .await?;
+/// A vector derived from a corpus vector for the 1m scale's small tenants:
+/// uniform noise of ±0.02 on each dimension, then unit length again (a
+/// cosine of about 0.97 to the original), so the copies are near their
+/// passage's meaning without being duplicates.
+fn derived(vector: &[f32]) -> Vec<f32> {
     let mut rng = rand::rng();
-    let bar = crate::progress::bar(to - from, "chunks");
-    for start in (from..to).step_by(1000) {
-        let end = (start + 1000).min(to);
-        let document: String = db
-            .query_one(
-                "insert into keel.documents (tenant_id, external_id, title, content_hash)
-                 values ($1::text::uuid, $2, 'synthetic', 'synthetic') returning id::text",
-                &[&tenant, &format!("synthetic-{start}")],
-            )
-            .await?
-            .get(0);
-        let mut contents = Vec::new();
-        let mut vectors = Vec::new();
-        for i in start..end {
-            let (content, vector) = &base[i % base.len()];
-            let noisy: Vec<f32> = vector
-                .iter()
-                .map(|x| x + rng.random_range(-0.02..0.02))
-                .collect();
-            let norm = noisy.iter().map(|x| x * x).sum::<f32>().sqrt();
-            contents.push(content.clone());
-            vectors.push(format!(
-                "[{}]",
-                noisy
-                    .iter()
-                    .map(|x| (x / norm).to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ));
-        }
-        db.execute(
-            "with new_chunks as (
-               insert into keel.chunks (tenant_id, document_id, chunk_index, content, content_hash, token_count, search_vector)
-               select $1::text::uuid, $2::text::uuid, i - 1, c, 'synthetic', 0, to_tsvector('english', c)
-               from unnest($3::text[]) with ordinality as t (c, i)
-               returning id, chunk_index)
-             insert into keel.embeddings (chunk_id, model, dimensions, tenant_id, embedding)
-             select n.id, $5, $6, $1::text::uuid, v::extensions.vector
-             from new_chunks n join unnest($4::text[]) with ordinality as u (v, i) on u.i - 1 = n.chunk_index",
-            &[&tenant, &document, &contents, &vectors, model, &dimensions],
+    let noisy: Vec<f32> = vector
+        .iter()
+        .map(|x| x + rng.random_range(-0.02..0.02))
+        .collect();
+    let norm = noisy.iter().map(|x| x * x).sum::<f32>().sqrt();
+    noisy.iter().map(|x| x / norm).collect()
+}
+
+/// Chunks to store in one tenant: text and vector.
+struct TenantChunks<'a> {
+    key: String,
+    chunks: Vec<(&'a str, Vec<f32>)>,
+}
+
+/// Drops the vector indexes before a bulk load: building HNSW over loaded
+/// rows is much faster than inserting into it row by row.
+async fn drop_vector_indexes(harness: &Harness) -> anyhow::Result<()> {
+    harness
+        .db
+        .batch_execute(
+            "do $$ declare i text; begin
+               for i in select indexname from pg_indexes where schemaname = 'keel' and indexname like 'embeddings_hnsw_%' loop
+                 execute format('drop index keel.%I', i);
+               end loop; end $$;",
         )
-        .await?;
-        bar.inc((end - start) as u64);
-    }
-    bar.finish_and_clear();
-    db.batch_execute("set maintenance_work_mem = '512MB'")
-        .await?;
-    db.execute(
-        "select keel.prepare_embedding_model($1, $2)",
-        &[model, &dimensions],
-    )
-    .await?;
-    db.batch_execute("analyze keel.embeddings; analyze keel.chunks")
         .await?;
     Ok(())
 }
 
-/// Mean overlap of the top 10 chunks from the HNSW path (`keel_search`,
-/// vector mode) with the exact top 10 (sequential scan).
-async fn hnsw_recall(
+/// Builds the model's HNSW index again after a bulk load through the step
+/// the embeddings cron runs (`keel_prepare_embedding_model`, which creates
+/// a missing index), refreshes the planner's statistics, and says how long
+/// the build took.
+async fn build_vector_indexes(harness: &Harness, table: &mut Table) -> anyhow::Result<()> {
+    let args = json!({
+        "model": harness.model.name,
+        "dimensions": harness.model.dimensions,
+        "limit": 0,
+    });
+    let vectors: i64 = harness
+        .db
+        .query_one("select count(*) from keel.embeddings", &[])
+        .await?
+        .get(0);
+    eprintln!("building the HNSW index over {vectors} vectors…");
+    let started = Instant::now();
+    harness
+        .db
+        .batch_execute("set maintenance_work_mem = '4GB'")
+        .await?;
+    let outcome: Value = harness
+        .db
+        .query_one(
+            "select public.keel_prepare_embedding_model($1::text::jsonb)",
+            &[&args.to_string()],
+        )
+        .await?
+        .get(0);
+    anyhow::ensure!(
+        outcome["index_created"] == true,
+        "the HNSW index was not rebuilt: {outcome}"
+    );
+    table.push(format!(
+        "| HNSW index build over {vectors} vectors (m 16, ef_construction 64, 2 cores) | {:.1} s |",
+        started.elapsed().as_secs_f64()
+    ));
+    harness
+        .db
+        .batch_execute("analyze keel.embeddings; analyze keel.chunks")
+        .await?;
+    Ok(())
+}
+
+/// Stores each tenant's chunks (text and vector) directly, 1000 to a
+/// document, as ingest and the embeddings cron would have.
+async fn insert_chunks(harness: &Harness, tenants: &[TenantChunks<'_>]) -> anyhow::Result<()> {
+    let db = &harness.db;
+    let (model, dimensions) = (&harness.model.name, harness.model.dimensions as i32);
+    let total = tenants.iter().map(|t| t.chunks.len()).sum();
+    let bar = crate::progress::bar(total, "chunks");
+    for TenantChunks { key, chunks } in tenants {
+        let tenant = harness.tenant_id(key).await?;
+        for batch in chunks.chunks(1000) {
+            let document: String = db
+                .query_one(
+                    "insert into keel.documents (tenant_id, external_id, title, content_hash)
+                     values ($1::text::uuid, gen_random_uuid()::text, 'corpus', 'corpus') returning id::text",
+                    &[&tenant],
+                )
+                .await?
+                .get(0);
+            let contents: Vec<&str> = batch.iter().map(|(text, _)| *text).collect();
+            let vectors: Vec<String> = batch
+                .iter()
+                .map(|(_, vector)| json!(vector).to_string())
+                .collect();
+            db.execute(
+                "with new_chunks as (
+                   insert into keel.chunks (tenant_id, document_id, chunk_index, content, content_hash, token_count, search_vector)
+                   select $1::text::uuid, $2::text::uuid, i - 1, c, 'corpus', 0, to_tsvector('english', c)
+                   from unnest($3::text[]) with ordinality as t (c, i)
+                   returning id, chunk_index)
+                 insert into keel.embeddings (chunk_id, model, dimensions, tenant_id, embedding)
+                 select n.id, $5, $6, $1::text::uuid, v::extensions.vector
+                 from new_chunks n join unnest($4::text[]) with ordinality as u (v, i) on u.i - 1 = n.chunk_index",
+                &[&tenant, &document, &contents, &vectors, model, &dimensions],
+            )
+            .await?;
+            bar.inc(batch.len() as u64);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// `ef_search` values of the HNSW recall curve.
+const EF_SEARCH_CURVE: [u32; 5] = [10, 20, 40, 100, 200];
+
+/// Recall@10 against the exact top 10 (a forced sequential scan), per
+/// query averaged: of `keel_search`'s vector mode as it runs (the planner
+/// may choose an exact scan of a small tenant itself), then of the HNSW
+/// index forced at each [`EF_SEARCH_CURVE`] value (pgvector's iterative
+/// scan, as keel.rank_vector sets it), one row each.
+async fn recall_rows(
     harness: &Harness,
     tenant_key: &str,
     query_vectors: &[Vec<f32>],
-) -> anyhow::Result<f64> {
-    let key_hash = keel::tenants::keys::hash_key(tenant_key);
+    at: &str,
+) -> anyhow::Result<Vec<String>> {
+    let tenant = harness.tenant_id(tenant_key).await?;
     let (model, dimensions) = (&harness.model.name, harness.model.dimensions);
-    let mut total = 0.0;
+    let nearest = |settings: &str, literal: &str| {
+        format!(
+            "begin; {settings}
+             set local search_path = keel, extensions, public;
+             create temp table nearest on commit drop as
+               select e.chunk_id from keel.embeddings e
+               where e.tenant_id = '{tenant}' and e.model = '{model}' and e.dimensions = {dimensions}
+               order by e.embedding::extensions.vector({dimensions}) <=> '{literal}'::extensions.vector limit 10;"
+        )
+    };
+    let mut keel_total = 0.0;
+    let mut curve_totals = [0.0; EF_SEARCH_CURVE.len()];
     for vector in query_vectors {
-        let literal = format!(
-            "[{}]",
-            vector
-                .iter()
-                .map(f32::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-        let approximate = harness
+        let literal = json!(vector).to_string();
+        let exact = chunk_ids(
+            harness,
+            &nearest(
+                "set local enable_indexscan = off; set local enable_bitmapscan = off;",
+                &literal,
+            ),
+        )
+        .await?;
+        let overlap = |found: &HashSet<(String, i64)>| {
+            exact.iter().filter(|id| found.contains(*id)).count() as f64 / exact.len().max(1) as f64
+        };
+        let keel: HashSet<(String, i64)> = harness
             .search(tenant_key, "x", vector, "vector", 10, &json!({}))
-            .await?;
-        let approximate: HashSet<(String, i64)> = approximate
+            .await?
             .iter()
             .map(|r| {
                 (
@@ -568,27 +707,42 @@ async fn hnsw_recall(
                 )
             })
             .collect();
-        let transaction_sql = format!(
-            "begin; set local enable_indexscan = off; set local enable_bitmapscan = off;
-             set local search_path = keel, extensions, public;
-             create temp table exact on commit drop as
-               select d.external_id, c.chunk_index
-               from keel.embeddings e join keel.chunks c on c.id = e.chunk_id join keel.documents d on d.id = c.document_id
-               join keel.api_keys k on k.tenant_id = e.tenant_id
-               where k.key_hash = '{key_hash}' and e.model = '{model}' and e.dimensions = {dimensions}
-               order by e.embedding::extensions.vector({dimensions}) <=> '{literal}'::extensions.vector limit 10;"
-        );
-        harness.db.batch_execute(&transaction_sql).await?;
-        let exact = harness
-            .db
-            .query("select external_id, chunk_index::bigint from exact", &[])
-            .await?;
-        harness.db.batch_execute("commit").await?;
-        let hits = exact
-            .iter()
-            .filter(|row| approximate.contains(&(row.get::<_, String>(0), row.get::<_, i64>(1))))
-            .count();
-        total += hits as f64 / exact.len().max(1) as f64;
+        keel_total += overlap(&keel);
+        for (ef, total) in EF_SEARCH_CURVE.iter().zip(curve_totals.iter_mut()) {
+            let settings = format!(
+                "set local enable_seqscan = off; set local enable_bitmapscan = off; set local enable_sort = off;
+                 set local hnsw.iterative_scan = relaxed_order; set local hnsw.ef_search = {ef};"
+            );
+            *total += overlap(&chunk_ids(harness, &nearest(&settings, &literal)).await?);
+        }
     }
-    Ok(total / query_vectors.len() as f64)
+    let n = query_vectors.len().max(1) as f64;
+    let mut rows = vec![format!(
+        "| vector search (keel_search) recall@10 vs exact, {at} | {:.3} |",
+        keel_total / n
+    )];
+    for (ef, total) in EF_SEARCH_CURVE.iter().zip(curve_totals) {
+        rows.push(format!(
+            "| HNSW index recall@10 vs exact at ef_search {ef}, {at} (m 16, ef_construction 64, iterative scan) | {:.3} |",
+            total / n
+        ));
+    }
+    Ok(rows)
+}
+
+/// The chunks a transaction from [`recall_rows`] left in `nearest`, as
+/// search results name them: document and chunk index.
+async fn chunk_ids(harness: &Harness, transaction: &str) -> anyhow::Result<HashSet<(String, i64)>> {
+    harness.db.batch_execute(transaction).await?;
+    let rows = harness
+        .db
+        .query(
+            "select d.external_id, c.chunk_index::bigint
+             from keel.chunks c join keel.documents d on d.id = c.document_id
+             where c.id = any(array(select chunk_id from nearest))",
+            &[],
+        )
+        .await?;
+    harness.db.batch_execute("commit").await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }

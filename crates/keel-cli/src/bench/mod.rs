@@ -16,7 +16,9 @@
 //! `/api/cron/embeddings`, Keel's own path.
 
 mod answers;
+mod chart;
 mod collection;
+mod corpus;
 mod load;
 mod metrics;
 mod peer;
@@ -71,6 +73,12 @@ enum BenchSection {
         collection: CollectionArgs,
         #[command(flatten)]
         load: LoadArgs,
+    },
+    /// Gather and embed the real-prose corpus `load --scale 100k|1m`
+    /// searches, cached under .keel/corpus (resumable; about an hour once).
+    Corpus {
+        #[command(flatten)]
+        collection: CollectionArgs,
     },
     /// The local all-MiniLM-L6-v2 beside sentence-transformers: speed and agreement.
     Model(crate::bench_model::ModelArgs),
@@ -277,6 +285,27 @@ impl CollectionArgs {
         }
         Ok(found)
     }
+    /// Every collection read, each announced with its counts on stderr.
+    fn load_all(&self) -> anyhow::Result<Vec<Collection>> {
+        let mut collections = Vec::new();
+        for (dir, layout) in self.collections()? {
+            let collection = Collection::load(&dir, &layout)?;
+            let counts = &collection.judgment_counts;
+            eprintln!(
+                "{}: {} documents ({} empty records skipped), {} queries, {} relevant judgments (grades {}; {} not relevant, {} with other grades ignored)",
+                collection.name,
+                collection.documents.len(),
+                collection.empty_documents,
+                collection.queries.len(),
+                counts.relevant,
+                layout.relevant_grades,
+                counts.not_relevant,
+                counts.out_of_range,
+            );
+            collections.push(collection);
+        }
+        Ok(collections)
+    }
 }
 
 /// Runs `keel bench …`.
@@ -284,6 +313,24 @@ pub fn main(args: BenchArgs) -> std::process::ExitCode {
     let run = match args.section {
         Some(BenchSection::Model(args)) => return crate::bench_model::main(args),
         Some(BenchSection::Artifacts) => return crate::bench_artifacts::main(),
+        Some(BenchSection::Corpus { collection }) => {
+            return match collection.load_all().and_then(|c| {
+                corpus::load_or_build(Path::new(corpus::CACHE_DIR), &c.iter().collect::<Vec<_>>())
+            }) {
+                Ok(corpus) => {
+                    println!(
+                        "corpus: {} passages ({}), embedded",
+                        corpus.passages.len(),
+                        corpus.describe()
+                    );
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("bench corpus failed: {error:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
         None => Run {
             collection: args.collection,
             quality: Some(args.quality.plan()),
@@ -319,23 +366,7 @@ pub fn main(args: BenchArgs) -> std::process::ExitCode {
 
 impl Run {
     async fn run(self) -> anyhow::Result<()> {
-        let mut collections = Vec::new();
-        for (dir, layout) in self.collection.collections()? {
-            let collection = Collection::load(&dir, &layout)?;
-            let counts = &collection.judgment_counts;
-            eprintln!(
-                "{}: {} documents ({} empty records skipped), {} queries, {} relevant judgments (grades {}; {} not relevant, {} with other grades ignored)",
-                collection.name,
-                collection.documents.len(),
-                collection.empty_documents,
-                collection.queries.len(),
-                counts.relevant,
-                layout.relevant_grades,
-                counts.not_relevant,
-                counts.out_of_range,
-            );
-            collections.push(collection);
-        }
+        let collections = self.collection.load_all()?;
         let harness = Harness::start().await?;
         let mut sets = Vec::new();
         for collection in collections {

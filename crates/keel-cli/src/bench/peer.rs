@@ -14,13 +14,14 @@ const PEER_SQL: &str = include_str!("supabase_hybrid_search.sql");
 /// Results asked of both, as `POST /api/search` asks with `top_k` 20.
 const MATCH_COUNT: i32 = 20;
 
-/// The two rows (p50 / p95 of each) and the ratio at p95.
-pub async fn rows(
-    harness: &Harness,
-    key: &str,
-    sets: &[Loaded],
-    at: &str,
-) -> anyhow::Result<Vec<String>> {
+/// Database time per query of each, measured alternately.
+pub struct Comparison {
+    keel: Vec<Duration>,
+    peer: Vec<Duration>,
+}
+
+/// Both searches over every judged query in the tenant of `key`.
+pub async fn compare(harness: &Harness, key: &str, sets: &[Loaded]) -> anyhow::Result<Comparison> {
     harness.db.batch_execute(PEER_SQL).await?;
     let tenant: String = harness
         .db
@@ -73,17 +74,38 @@ pub async fn rows(
             }
         }
     }
-    let row = |who: &str, samples: &mut Vec<Duration>| {
-        format!(
-            "| hybrid search in the database, {who}, {at}: p50 / p95 | {:.1} / {:.1} ms |",
-            percentile(samples, 0.5),
-            percentile(samples, 0.95)
+    Ok(Comparison { keel, peer })
+}
+
+impl Comparison {
+    /// p95 of Keel and of the peer, in ms.
+    pub fn p95s(&mut self) -> (f64, f64) {
+        (
+            percentile(&mut self.keel, 0.95),
+            percentile(&mut self.peer, 0.95),
         )
-    };
-    let ratio = percentile(&mut peer, 0.95) / percentile(&mut keel, 0.95);
-    Ok(vec![
-        row("Keel (keel_search)", &mut keel),
-        row("Supabase's documented hybrid_search (the peer)", &mut peer),
-        format!("| peer p95 / Keel p95, {at} | {ratio:.1}× |"),
-    ])
+    }
+
+    /// The two rows (p50 / p95 of each) and the ratio at p95.
+    pub fn rows(&mut self, at: &str) -> Vec<String> {
+        let row = |who: &str, samples: &mut Vec<Duration>| {
+            format!(
+                "| hybrid search in the database, {who}, {at}: p50 / p95 | {:.1} / {:.1} ms |",
+                percentile(samples, 0.5),
+                percentile(samples, 0.95)
+            )
+        };
+        let (keel_p95, peer_p95) = self.p95s();
+        vec![
+            row("Keel (keel_search)", &mut self.keel),
+            row(
+                "Supabase's documented hybrid_search (the peer)",
+                &mut self.peer,
+            ),
+            format!(
+                "| peer p95 / Keel p95, {at} | {:.1}× |",
+                peer_p95 / keel_p95
+            ),
+        ]
+    }
 }
