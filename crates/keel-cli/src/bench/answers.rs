@@ -110,8 +110,7 @@ async fn overhead_rows(
             samples.push(arrived - sent);
         }
         rows.push(format!(
-            "| answer overhead before the model ({mode} retrieval) at {}k chunks: p50 / p95 | {:.1} ms / {:.1} ms |",
-            chunks / 1000,
+            "| answer overhead before the model ({mode} retrieval) at {chunks} chunks: p50 / p95 | {:.1} ms / {:.1} ms |",
             percentile(&mut samples, 0.5),
             percentile(&mut samples, 0.95)
         ));
@@ -168,8 +167,7 @@ async fn tool_call_row(
         samples.push(sent.elapsed());
     }
     Ok(format!(
-        "| Vapi search_knowledge tool call (hybrid) at {}k chunks: p50 / p95 (HTTP, warm) | {:.1} ms / {:.1} ms |",
-        chunks / 1000,
+        "| Vapi search_knowledge tool call (hybrid) at {chunks} chunks: p50 / p95 (HTTP, warm) | {:.1} ms / {:.1} ms |",
         percentile(&mut samples, 0.5),
         percentile(&mut samples, 0.95)
     ))

@@ -4,8 +4,10 @@
 //!   search mode on each test collection and their mean (quality.rs).
 //! - `keel bench load [DATASET_DIR] [--scale 10k|100k|1m]`: webhook intake, then
 //!   search latency and capacity per mode over the judged collections in one
-//!   tenant; opt-in, a synthetic tenant grown to 10k, 100k (and 1M) chunks
-//!   with HNSW recall (load.rs).
+//!   tenant; opt-in, a tenant grown to 10k and 100k chunks of the real-prose
+//!   corpus (and 1,000 small tenants beside it at 1m) with HNSW recall and a
+//!   chart (load.rs, chart.rs).
+//! - `keel bench corpus`: gathers and embeds that corpus once (corpus.rs).
 //! - `keel bench [DATASET_DIR] [OPTIONS]`: both, sharing one ingestion.
 //!
 //! Every section runs an in-process server (every route, plus the local
@@ -66,8 +68,9 @@ enum BenchSection {
         #[command(flatten)]
         quality: QualityArgs,
     },
-    /// Webhook intake, then search latency and capacity per mode (opt-in:
-    /// a synthetic tenant grown to 10k, 100k or 1M chunks, with HNSW recall).
+    /// Webhook intake, then search latency and capacity per mode, the peer
+    /// and vector recall (opt-in: a tenant grown to 10k and 100k chunks of
+    /// the real-prose corpus, with 1,000 more small tenants at 1m).
     Load {
         #[command(flatten)]
         collection: CollectionArgs,
@@ -168,8 +171,9 @@ impl QualityArgs {
 #[derive(Debug, Default, Args)]
 #[command(next_help_heading = "Load")]
 struct LoadArgs {
-    /// Also grow a synthetic tenant to 10k, 100k (and 1M) chunks and measure
-    /// latency and HNSW recall there (takes long; never in CI).
+    /// Also grow a tenant to 10k and 100k chunks of the real-prose corpus
+    /// (with `1m`, add 1,000 tenants of 900 chunks) and measure latency,
+    /// the peer and HNSW recall there (takes long; never in CI).
     #[arg(long, value_name = "10k|100k|1m", value_parser = parse_with(parse_scale))]
     scale: Option<usize>,
 }
@@ -802,6 +806,10 @@ mod tests {
             bench("/data --scale 100k").unwrap().load.scale,
             Some(100_000)
         );
+        assert!(matches!(
+            bench("corpus").unwrap().section,
+            Some(BenchSection::Corpus { .. })
+        ));
         assert!(matches!(
             bench("model /data --rust-only").unwrap().section,
             Some(BenchSection::Model(_))
