@@ -7,9 +7,11 @@
 //! - cold start: a fresh `health` / `ready` process, from spawn to its first
 //!   200 (median and p90 of [`COLD_RUNS`]), `ready` including its first
 //!   database connection;
-//! - cold ingest: a fresh `documents` process, from spawn to the answer of its
-//!   first `PUT /api/documents` with a ~100 KB document (tokenizer load and
-//!   chunking included);
+//! - cold paths: a fresh `documents` process, from spawn to the answer of its
+//!   first `PUT /api/documents` of a new document (~100 KB, and one
+//!   sentence), and a fresh `search` process to its first search; beside
+//!   each, the same request (new content) on the now warm process, so their
+//!   difference is what a cold start adds beyond the database's own work;
 //! - peak RSS (`VmHWM`) of a `health` and a `ready` process after
 //!   [`LOAD_REQUESTS`] requests, [`LOAD_CONCURRENCY`] at a time.
 //!
@@ -26,7 +28,7 @@ use anyhow::{Context as _, anyhow, bail, ensure};
 use serde_json::{Value, json};
 
 const COLD_RUNS: usize = 21;
-const INGEST_RUNS: usize = 7;
+const COLD_PATH_RUNS: usize = 7;
 const LOAD_REQUESTS: usize = 1000;
 const LOAD_CONCURRENCY: usize = 50;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -91,14 +93,7 @@ fn run() -> anyhow::Result<()> {
         format!("{} / {}", millis(ready.0), millis(ready.1)),
     );
 
-    let ingest = cold_ingest(&release, &database_url)?;
-    row(
-        &format!(
-            "cold ingest: documents, spawn → first PUT of a {} KB document answered (median of {INGEST_RUNS})",
-            ingest.1 / 1000
-        ),
-        millis(ingest.0),
-    );
+    cold_paths(&release, &database_url)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -289,9 +284,14 @@ fn cold_starts(
     Ok((times[times.len() / 2], times[times.len() * 9 / 10]))
 }
 
-/// Median spawn → answer of a fresh `documents` process's first PUT, and the
-/// document's size. Each run changes the text, so every run chunks it.
-fn cold_ingest(release: &Path, database_url: &str) -> anyhow::Result<(Duration, usize)> {
+/// A request of a cold-path row: method, path and body.
+type Request = (&'static str, String, Vec<u8>);
+/// The `n`th request of a cold-path row, each with new content.
+type Requests = fn(usize) -> Request;
+
+/// The cold-path rows: a tenant is created, then `documents` and `search`
+/// are each started [`COLD_PATH_RUNS`] times.
+fn cold_paths(release: &Path, database_url: &str) -> anyhow::Result<()> {
     let env = [("DATABASE_URL", database_url), ("ADMIN_API_KEY", ADMIN_KEY)];
     let slug = format!("bench-artifacts-{}", std::process::id());
     let mut tenants = Function::spawn(&release.join("tenants"), &env)?;
@@ -319,38 +319,90 @@ fn cold_ingest(release: &Path, database_url: &str) -> anyhow::Result<(Duration, 
         .context("no api_key in the tenant")?;
     drop(tenants);
 
+    let rows: [(&str, &str, Requests); 3] = [
+        (
+            "documents",
+            "first PUT of a new ~100 KB document (tokenizer load and chunking included)",
+            |i| put_document(format!("long-{i}"), document_text(i)),
+        ),
+        (
+            "documents",
+            "first PUT of a new one-sentence document",
+            |i| {
+                put_document(
+                    format!("short-{i}"),
+                    format!("We open at {} on Sundays.", 7 + i % 5),
+                )
+            },
+        ),
+        ("search", "first keyword search over those documents", |i| {
+            let body = json!({"query": format!("vegan curry refunds run {i}"), "mode": "keyword"});
+            (
+                "POST",
+                "/api/search".to_owned(),
+                body.to_string().into_bytes(),
+            )
+        }),
+    ];
+    for (bin, what, request) in rows {
+        let (cold, warm) = cold_and_warm(&release.join(bin), &env, key, request)?;
+        row(
+            &format!(
+                "cold path: {bin}, spawn → {what} / the same on the warm process (median of {COLD_PATH_RUNS})"
+            ),
+            format!(
+                "{} / {} (cold adds {})",
+                millis(cold),
+                millis(warm),
+                millis(cold.saturating_sub(warm))
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn put_document(id: String, content: String) -> Request {
+    let body = json!({"documents": [{"id": id, "title": "Cold start", "content": content}]});
+    (
+        "PUT",
+        "/api/documents".to_owned(),
+        body.to_string().into_bytes(),
+    )
+}
+
+/// Medians of a fresh process's spawn → answer of its first request, and of
+/// its second request's answer time (new content each time).
+fn cold_and_warm(
+    binary: &Path,
+    env: &[(&str, &str)],
+    key: &str,
+    request: Requests,
+) -> anyhow::Result<(Duration, Duration)> {
     let authorization = format!("Bearer {key}");
-    let mut times = Vec::with_capacity(INGEST_RUNS);
-    let mut size = 0;
-    for run in 0..INGEST_RUNS {
-        let content = document_text(run);
-        size = content.len();
-        let body =
-            json!({"documents": [{"id": "cold", "title": "Cold start", "content": content}]})
-                .to_string();
-        let started = Instant::now();
-        let mut function = Function::spawn(&release.join("documents"), &env)?;
-        let stream = function.connect(started)?;
-        let (status, answer) = exchange(
-            stream,
-            "PUT",
-            "/api/documents",
-            &[
-                ("authorization", &authorization),
-                ("content-type", "application/json"),
-            ],
-            body.as_bytes(),
-        )?;
-        let took = started.elapsed();
+    let headers = [
+        ("authorization", authorization.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let send = |function: &mut Function, since: Instant, (method, path, body): Request| {
+        let stream = function.connect(since)?;
+        let (status, answer) = exchange(stream, method, &path, &headers, &body)?;
         ensure!(
             status == 200,
-            "PUT /api/documents answered {status}: {}",
+            "{method} {path} answered {status}: {}",
             String::from_utf8_lossy(&answer)
         );
-        times.push(took);
+        anyhow::Ok(since.elapsed())
+    };
+    let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    for run in 0..COLD_PATH_RUNS {
+        let started = Instant::now();
+        let mut function = Function::spawn(binary, env)?;
+        cold.push(send(&mut function, started, request(2 * run))?);
+        warm.push(send(&mut function, Instant::now(), request(2 * run + 1))?);
     }
-    times.sort();
-    Ok((times[times.len() / 2], size))
+    cold.sort();
+    warm.sort();
+    Ok((cold[cold.len() / 2], warm[warm.len() / 2]))
 }
 
 /// ~100 KB of sentence-like text, different for every `run`.

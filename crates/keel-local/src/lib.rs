@@ -273,12 +273,14 @@ fn decode_tokens(field: &str, tokens: &[Value]) -> Result<String, ApiError> {
                 })
         })
         .collect::<Result<Vec<u32>, _>>()?;
-    let bytes = tiktoken_rs::cl100k_base_singleton()
-        .decode_bytes(&ids)
-        .map_err(|e| {
-            ApiError::invalid_field(field, &format!("holds {}, not a cl100k token id", e.token))
-        })?;
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    let bpe = &bpe_openai::cl100k_base().bpe;
+    if let Some(id) = ids.iter().find(|&&id| id as usize >= bpe.num_tokens()) {
+        return Err(ApiError::invalid_field(
+            field,
+            &format!("holds {id}, not a cl100k token id"),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&bpe.decode_tokens(&ids)).into_owned())
 }
 
 /// OpenAI's `base64` encoding: the vector's little-endian f32 bytes.
@@ -341,7 +343,7 @@ mod tests {
     }
 
     fn cl100k(text: &str) -> Vec<u32> {
-        tiktoken_rs::cl100k_base_singleton().encode_with_special_tokens(text)
+        bpe_openai::cl100k_base().encode(text)
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::knowledge::handlers as knowledge;
 use crate::openapi;
 use crate::ops::handlers as ops;
 use crate::ops::ratelimit::Scope;
+use crate::platform::tokens;
 use crate::sources::handlers as sources;
 use crate::tasks::handlers as tasks;
 use crate::tenants::handlers as tenants;
@@ -70,6 +71,7 @@ pub fn documents() -> Route {
         Box::pin(knowledge::documents(app, req))
     })
     .rate_limited(Scope::Tenant)
+    .warmed_up_by(tokens::preload)
 }
 
 pub fn document() -> Route {

@@ -4,9 +4,9 @@
 //! conversation as fits the token budget, oldest turns dropped first.
 
 use serde_json::{Value, json};
-use tiktoken_rs::CoreBPE;
 
 use super::Citation;
+use crate::platform::tokens;
 
 const RULES: &str = "You answer questions for the business described below, using only the numbered \
 passages in <passages>. Cite the passages you use by their numbers in square brackets, like [1]. If the \
@@ -56,39 +56,45 @@ fn attribute(value: &str) -> String {
 /// turns of `history` that fit `budget` tokens with it. The last turn (the
 /// question) is always kept; older ones are dropped whole, oldest first.
 pub fn assemble(system: String, history: &[Value], budget: usize) -> Vec<Value> {
-    let tokenizer = tiktoken_rs::cl100k_base_singleton();
-    let mut left = budget.saturating_sub(cost(tokenizer, &system));
+    let texts: Vec<String> = history.iter().map(message_text).collect();
+    let overhead = TOKENS_PER_MESSAGE * (history.len() + 1);
+    let mut messages = vec![json!({"role": "system", "content": system})];
+    // Most conversations fit by their bytes alone, without the tokenizer.
+    if tokens::surely_within(
+        texts.iter().map(String::as_str).chain([system.as_str()]),
+        budget.saturating_sub(overhead),
+    ) {
+        messages.extend(history.iter().cloned());
+        return messages;
+    }
+    let mut left = budget.saturating_sub(cost(&system));
     let mut kept: Vec<&Value> = Vec::new();
-    for (position, message) in history.iter().rev().enumerate() {
-        let needed = message_cost(tokenizer, message);
+    for (position, (message, text)) in history.iter().zip(&texts).rev().enumerate() {
+        let needed = cost(text);
         if position > 0 && needed > left {
             break;
         }
         left = left.saturating_sub(needed);
         kept.push(message);
     }
-    let mut messages = vec![json!({"role": "system", "content": system})];
     messages.extend(kept.into_iter().rev().cloned());
     messages
 }
 
-fn cost(tokenizer: &CoreBPE, text: &str) -> usize {
-    tokenizer.encode_ordinary(text).len() + TOKENS_PER_MESSAGE
+fn cost(text: &str) -> usize {
+    tokens::count(text) + TOKENS_PER_MESSAGE
 }
 
-/// What a chat message costs: its text content (string or text parts) and
-/// any tool calls, as serialised.
-fn message_cost(tokenizer: &CoreBPE, message: &Value) -> usize {
+/// The text a chat message is charged for: its content (string or text
+/// parts) and any tool calls, as serialised.
+fn message_text(message: &Value) -> String {
     match &message["content"] {
-        Value::String(text) => cost(tokenizer, text),
-        Value::Null => cost(
-            tokenizer,
-            &message
-                .get("tool_calls")
-                .map(Value::to_string)
-                .unwrap_or_default(),
-        ),
-        other => cost(tokenizer, &other.to_string()),
+        Value::String(text) => text.clone(),
+        Value::Null => message
+            .get("tool_calls")
+            .map(Value::to_string)
+            .unwrap_or_default(),
+        other => other.to_string(),
     }
 }
 
@@ -146,5 +152,7 @@ mod tests {
         assert_eq!(contents[2], "and on Sundays?");
         let tiny = assemble("rules".into(), &history, 10);
         assert_eq!(tiny.last().unwrap()["content"], "and on Sundays?");
+        let roomy = assemble("rules".into(), &history, 100_000);
+        assert_eq!(roomy.len(), 4, "everything fits a large budget");
     }
 }

@@ -4,17 +4,25 @@
 //! chunk is embedded with its document's title as context.
 
 use serde::Serialize;
-use text_splitter::{ChunkConfig, TextSplitter};
-use tiktoken_rs::CoreBPE;
+use text_splitter::{ChunkConfig, ChunkSizer, TextSplitter};
 
 use crate::platform::config::IngestLimits;
 use crate::platform::crypto::sha256_hex;
+use crate::platform::tokens;
 
 /// A token-bounded, boundary-aware splitter, built on first use (loading the
-/// BPE ranks takes a moment, which only the ingestion route should pay).
+/// cl100k tables takes a moment, which only the ingestion route should pay).
 pub struct Chunker {
-    splitter: TextSplitter<&'static CoreBPE>,
-    tokenizer: &'static CoreBPE,
+    splitter: TextSplitter<Cl100kTokens>,
+}
+
+/// A chunk's size for the splitter: its cl100k tokens.
+struct Cl100kTokens;
+
+impl ChunkSizer for Cl100kTokens {
+    fn size(&self, chunk: &str) -> usize {
+        tokens::count(chunk)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -27,14 +35,12 @@ pub struct Chunk {
 
 impl Chunker {
     pub fn new(limits: &IngestLimits) -> Self {
-        let tokenizer = tiktoken_rs::cl100k_base_singleton();
         let config = ChunkConfig::new(limits.chunk_tokens)
-            .with_sizer(tokenizer)
+            .with_sizer(Cl100kTokens)
             .with_overlap(limits.chunk_overlap)
             .expect("config validation keeps the overlap below the chunk size");
         Self {
             splitter: TextSplitter::new(config),
-            tokenizer,
         }
     }
 
@@ -44,7 +50,7 @@ impl Chunker {
             .map(|text| Chunk {
                 content: text.to_owned(),
                 content_hash: sha256_hex(embedding_input(title, text)),
-                token_count: self.tokenizer.encode_ordinary(text).len(),
+                token_count: tokens::count(text),
             })
             .collect()
     }

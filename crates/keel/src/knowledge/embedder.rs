@@ -18,6 +18,7 @@ use serde_json::json;
 
 use super::EmbeddingModel;
 use crate::platform::config::Config;
+use crate::platform::tokens;
 
 /// OpenAI: at most 2,048 inputs per request.
 pub const MAX_INPUTS_PER_REQUEST: usize = 2048;
@@ -315,17 +316,23 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 /// Splits `inputs` into ranges within both per-request limits. Tokens are
-/// counted with cl100k_base, the tokenizer of OpenAI's embedding models.
+/// counted with cl100k_base, the tokenizer of OpenAI's embedding models,
+/// unless the inputs' bytes already fit: a search's query never loads it.
 pub fn batches(
     inputs: &[String],
     max_inputs: usize,
     max_tokens: usize,
 ) -> Vec<std::ops::Range<usize>> {
-    let tokenizer = tiktoken_rs::cl100k_base_singleton();
+    if !inputs.is_empty()
+        && inputs.len() <= max_inputs
+        && tokens::surely_within(inputs.iter().map(String::as_str), max_tokens)
+    {
+        return std::iter::once(0..inputs.len()).collect();
+    }
     let mut ranges = Vec::new();
     let (mut start, mut tokens) = (0, 0);
     for (i, input) in inputs.iter().enumerate() {
-        let count = tokenizer.encode_ordinary(input).len();
+        let count = tokens::count(input);
         if i > start && (i - start == max_inputs || tokens + count > max_tokens) {
             ranges.push(start..i);
             start = i;
@@ -346,9 +353,7 @@ mod tests {
     #[test]
     fn batches_respect_both_the_input_and_the_token_limit() {
         let inputs: Vec<String> = (0..10).map(|i| format!("word{i} ").repeat(100)).collect();
-        let tokens_each = tiktoken_rs::cl100k_base_singleton()
-            .encode_ordinary(&inputs[0])
-            .len();
+        let tokens_each = tokens::count(&inputs[0]);
 
         let by_count = batches(&inputs, 4, usize::MAX);
         assert_eq!(by_count, vec![0..4, 4..8, 8..10]);

@@ -1,6 +1,6 @@
 //! The platform every area builds on, and which knows no area: configuration,
 //! the database transports, TLS, cryptography, the SSRF-guarded outbound
-//! client, and telemetry.
+//! client, token counting, and telemetry.
 
 pub mod budget;
 pub mod config;
@@ -9,3 +9,4 @@ pub mod db;
 pub mod fetch;
 pub mod telemetry;
 pub mod tls;
+pub mod tokens;

@@ -40,6 +40,10 @@ pub struct Route {
     /// origin list is checked by the database): preflights succeed for any
     /// origin, and responses allow the request's origin.
     pub publishable: bool,
+    /// Work a cold instance starts on its own thread before its first
+    /// request, so the request does not wait for all of it (the cl100k
+    /// tables of the routes that chunk documents).
+    pub warm_up: Option<fn()>,
 }
 
 /// Which configured body limit a route applies (413 above it).
@@ -72,7 +76,13 @@ impl Route {
             body_limit: BodyLimit::General,
             streams: false,
             publishable: false,
+            warm_up: None,
         }
+    }
+
+    pub const fn warmed_up_by(mut self, warm_up: fn()) -> Self {
+        self.warm_up = Some(warm_up);
+        self
     }
 
     pub const fn streaming(mut self) -> Self {
@@ -182,6 +192,13 @@ impl Router {
 }
 
 impl Router {
+    /// Starts each route's warm-up on a thread of its own, not waited for.
+    pub(super) fn start_warm_ups(&self) {
+        for warm_up in self.routes.iter().filter_map(|route| route.warm_up) {
+            std::thread::spawn(warm_up);
+        }
+    }
+
     /// Whether this function answers with streamed bodies (a deployed
     /// function serves one route; the dev server streams whenever asked).
     pub(super) fn streams(&self) -> bool {

@@ -56,6 +56,7 @@ pub fn run(route: Route) -> ExitCode {
 /// Builds config, telemetry and the app, then serves `router` on the detected
 /// platform until it stops.
 pub fn serve_blocking(router: Router) -> ExitCode {
+    router.start_warm_ups();
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(error) => {
