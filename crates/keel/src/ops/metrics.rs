@@ -232,6 +232,10 @@ fn families(config: &Config, snapshot: &Snapshot) -> Vec<Family> {
             counter("tasks_succeeded"),
         )
         .sample(vec![("outcome", "failed".into())], counter("tasks_failed"))
+        .sample(
+            vec![("outcome", "deferred".into())],
+            counter("tasks_deferred"),
+        )
         .sample(vec![("outcome", "dead".into())], counter("tasks_dead")),
         Family::new(
             "keel_chat_tokens_total",

@@ -99,6 +99,7 @@ pub async fn run<C: Clone + Send + 'static>(
             let (status, error) = match &outcome {
                 Ok(()) => ("succeeded", None),
                 Err(TaskError::Retry(error)) => ("failed", Some(error.as_str())),
+                Err(TaskError::Busy(error)) => ("deferred", Some(error.as_str())),
                 Err(TaskError::Permanent(error)) => ("dead", Some(error.as_str())),
             };
             if let Some(error) = error {

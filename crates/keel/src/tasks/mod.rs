@@ -49,6 +49,10 @@ pub enum TaskError {
     /// Worth another attempt after a backoff (a dependency was down).
     #[error("{0}")]
     Retry(String),
+    /// Waited on another task (a document another delivery is applying):
+    /// retried after a backoff without using an attempt.
+    #[error("{0}")]
+    Busy(String),
     /// Retrying cannot help (bad payload, unknown kind): dead-letter now.
     #[error("{0}")]
     Permanent(String),

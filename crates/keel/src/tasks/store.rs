@@ -30,7 +30,8 @@ impl SqlFunction for ClaimTasks {
 pub struct CompleteTask<'a> {
     pub id: i64,
     pub lease_token: &'a str,
-    /// `succeeded`, `failed` (retry after a backoff) or `dead`.
+    /// `succeeded`, `failed` (retry after a backoff), `deferred` (the same
+    /// without using an attempt) or `dead`.
     pub outcome: &'a str,
     pub error: Option<&'a str>,
     pub retry_base_seconds: f64,

@@ -120,7 +120,7 @@ pub async fn process_delivery(
     let status = match &outcome {
         Ok(status) => *status,
         Err(TaskError::Permanent(_)) => "failed",
-        Err(TaskError::Retry(_)) => return outcome.map(|_| ()),
+        Err(TaskError::Retry(_) | TaskError::Busy(_)) => return outcome.map(|_| ()),
     };
     tenant
         .run(
@@ -158,7 +158,7 @@ async fn newer_than_seen(
         )
         .await?;
     if !order.busy.is_empty() {
-        return Err(TaskError::Retry(format!(
+        return Err(TaskError::Busy(format!(
             "another delivery is applying document(s) {}",
             order.busy.join(", ")
         )));
