@@ -687,6 +687,62 @@ async fn content_of(app: &TestApp, id: &str) -> Option<String> {
 }
 
 #[tokio::test]
+async fn an_event_waiting_for_another_delivery_never_runs_out_of_attempts() {
+    let app = spawn_app_with(|_, vars| {
+        vars.insert("TASK_RETRY_BASE_SECONDS".into(), "0".into());
+    })
+    .await;
+    let (_, endpoint, secret) = tenant_with_endpoint(&app).await;
+    let event = upserted_at("menu", "Menu of 11:00.", "2026-11-21T11:00:00Z");
+    app.deliver(&endpoint, &secret, "evt_11", &event).await;
+    // Another delivery is applying an older menu, and holds it for an hour.
+    let db = app.db.connect().await;
+    db.execute(
+        "insert into keel.document_event_order (tenant_id, document_id, event_at, delivery_id, deleted, applying_until)
+         select tenant_id, 'menu', '2026-11-21T10:00:00Z', -1, false, now() + interval '1 hour'
+         from keel.webhook_endpoints",
+        &[],
+    )
+    .await
+    .unwrap();
+
+    // More rounds than the task has attempts (5): each one waits.
+    for _ in 0..8 {
+        app.run_cron("/api/cron/tasks").await;
+    }
+    let waiting = db
+        .query_one("select status, attempts, last_error from keel.tasks", &[])
+        .await
+        .unwrap();
+    assert_eq!(waiting.get::<_, String>(0), "failed", "retried, not dead");
+    assert_eq!(waiting.get::<_, i32>(1), 0, "waiting used no attempt");
+    assert!(
+        waiting
+            .get::<_, String>(2)
+            .contains("another delivery is applying document(s) menu")
+    );
+    assert_eq!(content_of(&app, "menu").await, None);
+
+    // The other delivery's lease ends: the event applies.
+    db.execute(
+        "update keel.document_event_order set applying_until = now() - interval '1 second'",
+        &[],
+    )
+    .await
+    .unwrap();
+    app.run_cron("/api/cron/tasks").await;
+    assert_eq!(
+        content_of(&app, "menu").await.as_deref(),
+        Some("Menu of 11:00.")
+    );
+    assert_eq!(
+        app.count("select count(*) from keel.tasks where status = 'succeeded'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
 async fn an_older_event_processed_after_a_newer_one_does_not_overwrite_it() {
     let app = spawn_app().await;
     let (_, endpoint, secret) = tenant_with_endpoint(&app).await;
