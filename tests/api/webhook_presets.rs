@@ -844,8 +844,9 @@ async fn twilio_json_deliveries_verify_behind_the_vercel_rewrite() {
     );
 }
 
-/// A restaurant's menu and FAQ (and, elsewhere, a clinic that also says "vegan").
-async fn restaurant_with_a_vapi_endpoint(app: &TestApp) -> (String, String) {
+/// A restaurant's menu and FAQ (and, elsewhere, a clinic that also says
+/// "vegan"): the restaurant's key, its Vapi endpoint and that one's secret.
+async fn restaurant_with_a_vapi_endpoint(app: &TestApp) -> (String, String, String) {
     let restaurant = app.create_tenant("joes-diner").await;
     let clinic = app.create_tenant("city-clinic").await;
     let menu = json!([
@@ -862,7 +863,7 @@ async fn restaurant_with_a_vapi_endpoint(app: &TestApp) -> (String, String) {
     let report = app.run_embedding_cron().await;
     assert_eq!(report["remaining"], 0, "{report}");
     let (endpoint, secret) = endpoint(app, &restaurant, "vapi", None).await;
-    (endpoint, secret)
+    (restaurant, endpoint, secret)
 }
 
 async fn vapi_says(
@@ -884,7 +885,7 @@ async fn vapi_says(
 async fn a_vapi_tool_call_about_vegan_dishes_gets_the_menu_passage_back_in_vapis_shape() {
     let (_, url) = FakeOpenAi::start().await;
     let app = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
-    let (endpoint, secret) = restaurant_with_a_vapi_endpoint(&app).await;
+    let (_, endpoint, secret) = restaurant_with_a_vapi_endpoint(&app).await;
     let message = json!({
         "type": "tool-calls",
         "call": {"id": "call_1"},
@@ -956,7 +957,7 @@ async fn a_vapi_tool_call_about_vegan_dishes_gets_the_menu_passage_back_in_vapis
 async fn a_vapi_knowledge_base_request_gets_documents_for_what_the_caller_said_last() {
     let (_, url) = FakeOpenAi::start().await;
     let app = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
-    let (endpoint, secret) = restaurant_with_a_vapi_endpoint(&app).await;
+    let (_, endpoint, secret) = restaurant_with_a_vapi_endpoint(&app).await;
 
     let response = vapi_says(
         &app,
@@ -989,6 +990,50 @@ async fn a_vapi_knowledge_base_request_gets_documents_for_what_the_caller_said_l
     assert!(documents.iter().all(|d| d["uuid"] != "vaccines"));
 }
 
+#[tokio::test]
+async fn vapi_tool_calls_draw_from_the_tenants_search_quota() {
+    let (_, url) = FakeOpenAi::start().await;
+    let app = spawn_app_with(|_, vars| {
+        openai_vars(vars, &url);
+        vars.insert("RATE_LIMIT_SEARCH_PER_MINUTE".into(), "2".into());
+    })
+    .await;
+    let (restaurant, endpoint, secret) = restaurant_with_a_vapi_endpoint(&app).await;
+    let call = |id: &str| json!({"id": id, "name": "search_knowledge", "arguments": {"query": "vegan dishes"}});
+    let message = json!({
+        "type": "tool-calls",
+        "call": {"id": "call_1"},
+        "toolCallList": [call("tc_1"), call("tc_2"), call("tc_3")]
+    });
+
+    let response = vapi_says(&app, &endpoint, &secret, message).await;
+
+    assert_eq!(response.status(), 200, "Vapi always gets its reply shape");
+    let body: Value = response.json().await.unwrap();
+    let results = body["results"].as_array().unwrap();
+    for answered in &results[..2] {
+        assert!(
+            answered["result"]
+                .as_str()
+                .unwrap()
+                .contains("chickpea curry")
+        );
+    }
+    let refused = results[2]["error"].as_str().unwrap();
+    assert!(refused.contains("search quota"), "{refused}");
+    assert_eq!(results[2]["toolCallId"], "tc_3");
+    // The calls spent the quota the tenant's own searches draw from.
+    let search = app.search(&restaurant, json!({"query": "vegan"})).await;
+    assert_eq!(search.status(), 429);
+    // A knowledge-base request over quota hands Vapi no documents.
+    let request = json!({"type": "knowledge-base-request", "call": {"id": "call_1"},
+                         "messages": [{"role": "user", "content": "Vegan dishes?"}]});
+    let response = vapi_says(&app, &endpoint, &secret, request).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["documents"], json!([]));
+}
+
 /// How long a voice agent waits on `search_knowledge`, measured end to end
 /// over loopback HTTP (verification, storage, search, reply); the query
 /// vector is cached after the first call.
@@ -996,7 +1041,7 @@ async fn a_vapi_knowledge_base_request_gets_documents_for_what_the_caller_said_l
 async fn tool_call_latency_with_the_query_vector_cached() {
     let (_, url) = FakeOpenAi::start().await;
     let app = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
-    let (endpoint, secret) = restaurant_with_a_vapi_endpoint(&app).await;
+    let (_, endpoint, secret) = restaurant_with_a_vapi_endpoint(&app).await;
     let mut took = Vec::new();
     for i in 0..60 {
         let started = std::time::Instant::now();

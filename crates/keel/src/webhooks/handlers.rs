@@ -408,9 +408,14 @@ pub async fn receive(app: Arc<App>, request: ApiRequest) -> HandlerResult {
     .await?;
     if received.verification == Verification::Vapi {
         // A call is waiting on tool calls and knowledge-base requests.
-        let tenant = TenantRef::Trusted(received.tenant_id.clone());
+        let searching = replies::Searching {
+            db: &app.db,
+            knowledge: &app.knowledge,
+            rate_limits: &app.config.rate_limits,
+            tenant_id: &received.tenant_id,
+        };
         let message = &received.event.payload["message"];
-        if let Some(reply) = replies::reply(&app.db, &app.knowledge, &tenant, message).await {
+        if let Some(reply) = replies::reply(&searching, message).await {
             return Ok(json_response(StatusCode::OK, &reply));
         }
     }

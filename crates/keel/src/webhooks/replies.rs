@@ -3,12 +3,17 @@
 //! built-in `search_knowledge` tool (`{"results": [{"toolCallId", "name",
 //! "result"}]}`, or `"error"` per call) and `knowledge-base-request` for a
 //! custom knowledge base (`{"documents": [{"content", "similarity",
-//! "uuid"}]}`). The message itself is stored like any other delivery.
+//! "uuid"}]}`). The message itself is stored like any other delivery. Each
+//! search takes one request from the tenant's search quota, as
+//! `POST /api/search` does: a stream of tool calls cannot search more than
+//! the tenant's key could.
 
 use serde_json::{Value, json};
 
 use crate::knowledge::search::{self, SearchRequest};
 use crate::knowledge::{Knowledge, KnowledgeError};
+use crate::ops::ratelimit::{self, GateError, Scope};
+use crate::platform::config::RateLimitSettings;
 use crate::platform::db::Db;
 use crate::tenants::TenantRef;
 
@@ -54,31 +59,43 @@ pub fn tool_calls(message: &Value) -> Vec<ToolCall> {
         .collect()
 }
 
+/// What a reply searches with: the tenant's knowledge and search quota.
+pub struct Searching<'a> {
+    pub db: &'a Db,
+    pub knowledge: &'a Knowledge,
+    pub rate_limits: &'a RateLimitSettings,
+    pub tenant_id: &'a str,
+}
+
+/// Why a reply's search found nothing to give.
+#[derive(Debug, thiserror::Error)]
+enum PassagesError {
+    #[error("the tenant's search quota is used up for {0} s")]
+    OverQuota(u64),
+    #[error(transparent)]
+    Database(#[from] crate::platform::db::DbError),
+    #[error(transparent)]
+    Search(#[from] KnowledgeError),
+}
+
 /// The reply Vapi waits for on this message, if it waits for one.
-pub async fn reply(
-    db: &Db,
-    knowledge: &Knowledge,
-    tenant: &TenantRef,
-    message: &Value,
-) -> Option<Value> {
+pub async fn reply(searching: &Searching<'_>, message: &Value) -> Option<Value> {
     match message["type"].as_str()? {
         "tool-calls" => {
             let mut results = Vec::new();
             for call in tool_calls(message) {
-                results.push(answer_tool_call(db, knowledge, tenant, &call).await);
+                results.push(answer_tool_call(searching, &call).await);
             }
             Some(json!({"results": results}))
         }
         "knowledge-base-request" => {
             let documents = match last_user_words(message) {
-                Some(query) => {
-                    search_passages(db, knowledge, tenant, query, KNOWLEDGE_BASE_DOCUMENTS)
-                        .await
-                        .unwrap_or_else(|error| {
-                            tracing::warn!(%error, "a knowledge-base request found nothing");
-                            Vec::new()
-                        })
-                }
+                Some(query) => search_passages(searching, query, KNOWLEDGE_BASE_DOCUMENTS)
+                    .await
+                    .unwrap_or_else(|error| {
+                        tracing::warn!(%error, "a knowledge-base request found nothing");
+                        Vec::new()
+                    }),
                 None => Vec::new(),
             };
             let documents: Vec<Value> = documents
@@ -93,12 +110,7 @@ pub async fn reply(
     }
 }
 
-async fn answer_tool_call(
-    db: &Db,
-    knowledge: &Knowledge,
-    tenant: &TenantRef,
-    call: &ToolCall,
-) -> Value {
+async fn answer_tool_call(searching: &Searching<'_>, call: &ToolCall) -> Value {
     if call.name != SEARCH_TOOL {
         return json!({"toolCallId": call.id, "name": call.name,
                       "error": format!("Keel answers only the {SEARCH_TOOL} tool")});
@@ -107,15 +119,20 @@ async fn answer_tool_call(
         return json!({"toolCallId": call.id, "name": call.name,
                       "error": "search_knowledge needs a string `query` argument"});
     };
-    match search_passages(db, knowledge, tenant, query, TOOL_PASSAGES).await {
+    match search_passages(searching, query, TOOL_PASSAGES).await {
         Ok(passages) if passages.is_empty() => json!({"toolCallId": call.id, "name": call.name,
             "result": "Nothing in the knowledge base matches this question."}),
         Ok(passages) => {
             let joined: Vec<String> = passages.into_iter().map(|p| p.content).collect();
             json!({"toolCallId": call.id, "name": call.name, "result": joined.join("\n\n")})
         }
-        Err(KnowledgeError::Invalid { field, problem }) => json!({"toolCallId": call.id,
-            "name": call.name, "error": format!("`{field}` {problem}")}),
+        Err(PassagesError::Search(KnowledgeError::Invalid { field, problem })) => {
+            json!({"toolCallId": call.id, "name": call.name,
+                   "error": format!("`{field}` {problem}")})
+        }
+        Err(PassagesError::OverQuota(retry_after)) => json!({"toolCallId": call.id,
+            "name": call.name,
+            "error": format!("the knowledge base's search quota is used up; try again in {retry_after} seconds")}),
         Err(error) => {
             tracing::warn!(%error, "a search_knowledge tool call failed");
             json!({"toolCallId": call.id, "name": call.name,
@@ -134,13 +151,25 @@ fn last_user_words(message: &Value) -> Option<&str> {
         .as_str()
 }
 
+/// The tenant's best `top_k` passages for `query`, after one request is
+/// taken from its search quota.
 async fn search_passages(
-    db: &Db,
-    knowledge: &Knowledge,
-    tenant: &TenantRef,
+    searching: &Searching<'_>,
     query: &str,
     top_k: i64,
-) -> Result<Vec<crate::knowledge::store::SearchHit>, KnowledgeError> {
+) -> Result<Vec<crate::knowledge::store::SearchHit>, PassagesError> {
+    let Searching {
+        db,
+        knowledge,
+        rate_limits,
+        tenant_id,
+    } = *searching;
+    match ratelimit::charge_tenant(db, rate_limits, Scope::Search, tenant_id).await {
+        Ok(_) => {}
+        Err(GateError::Refused(_, quota)) => return Err(PassagesError::OverQuota(quota.reset)),
+        Err(GateError::Db(error)) => return Err(error.into()),
+    }
+    let tenant = TenantRef::Trusted(tenant_id.to_owned());
     let request = SearchRequest {
         query: query.to_owned(),
         top_k,
@@ -148,7 +177,7 @@ async fn search_passages(
         min_score: None,
         filter: None,
     };
-    Ok(search::search(db, knowledge, tenant, request)
+    Ok(search::search(db, knowledge, &tenant, request)
         .await?
         .results)
 }
