@@ -398,9 +398,25 @@ async fn a_model_change_reembeds_in_the_background_while_search_serves_the_old_v
     );
     assert_eq!(query_request["dimensions"], 64);
 
+    // Until the new model covers a tenant, search counts each model's vectors
+    // of the tenant to choose; from then on it knows without counting.
+    let covered = |model: &str, dimensions: u32| {
+        format!(
+            "select count(*) from keel.tenants t
+             where keel.model_covers_tenant(t.id, '{model}', {dimensions})"
+        )
+    };
+    assert_eq!(app.count(&covered("text-embedding-3-large", 32)).await, 0);
+
     // The cron re-embeds every chunk with the new model, each under its own HNSW index.
     let report = switched.run_embedding_cron().await;
     assert_eq!(report["embedded"], 6, "{report}");
+    assert_eq!(app.count(&covered("text-embedding-3-large", 32)).await, 2);
+    assert_eq!(
+        app.count(&covered("text-embedding-3-small", 64)).await,
+        0,
+        "a replaced model covers no tenant, though its vectors are all there"
+    );
     assert_eq!(
         app.count("select count(*) from pg_indexes where indexname like 'embeddings_hnsw_%'")
             .await,
