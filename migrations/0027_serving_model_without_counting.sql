@@ -18,13 +18,17 @@
 -- prepared) search counts as before, and serves the old vectors until the
 -- new ones cover the tenant.
 
+-- PL/pgSQL, not SQL: a SQL function that cannot be inlined is planned again
+-- in every transaction, which cost more than its three probes; PL/pgSQL
+-- keeps the plan for the session.
 create or replace function keel.model_covers_tenant(p_tenant uuid, p_model text, p_dimensions int)
 returns boolean
-language sql
+language plpgsql
 stable
 set search_path = keel, pg_catalog
 as $$
-  select exists (select 1 from keel.embedding_models m
+begin
+  return exists (select 1 from keel.embedding_models m
                  where m.model = p_model and m.dimensions = p_dimensions
                    and m.backfill_after is null
                    and not exists (select 1 from keel.embedding_models o
@@ -32,8 +36,8 @@ as $$
      and not exists (select 1 from keel.embedding_jobs j
                      where j.tenant_id = p_tenant and j.model = p_model and j.dimensions = p_dimensions)
      and exists (select 1 from keel.embeddings e
-                 where e.tenant_id = p_tenant and e.model = p_model and e.dimensions = p_dimensions)
-$$;
+                 where e.tenant_id = p_tenant and e.model = p_model and e.dimensions = p_dimensions);
+end $$;
 
 -- 0022's function; only the model choice's condition is new.
 create or replace function public.keel_search(args jsonb) returns jsonb

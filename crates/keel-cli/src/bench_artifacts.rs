@@ -16,7 +16,9 @@
 //!   [`LOAD_REQUESTS`] requests, [`LOAD_CONCURRENCY`] at a time.
 //!
 //! `scripts/bench artifacts` builds the binaries and zips first and gives
-//! `DATABASE_URL`, a migrated database.
+//! `DATABASE_URL`, a migrated database. `keel bench load` prints the
+//! cold-path rows too ([`cold_path_rows`]; `scripts/bench load` builds the
+//! three binaries they start).
 
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -50,8 +52,7 @@ fn run() -> anyhow::Result<()> {
         .filter(|url| !url.is_empty())
         .context("DATABASE_URL: required (scripts/bench artifacts sets it)")?;
     let bins = route_binaries(Path::new("Cargo.toml"))?;
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| "target".into(), PathBuf::from);
+    let target = target_dir();
     let release = target.join("release");
     println!(
         "| Keel artifacts (release profile, {} cores, {}) | value |",
@@ -65,12 +66,12 @@ fn run() -> anyhow::Result<()> {
         let binary = file_size(&release.join(bin))?;
         let zip = file_size(&target.join("lambda").join(bin).join("bootstrap.zip"))?;
         total = (total.0 + binary, total.1 + zip);
-        row(
+        print_row(
             &format!("size: {bin} (x86-64 binary / arm64 Lambda zip)"),
             format!("{} / {}", megabytes(binary), megabytes(zip)),
         );
     }
-    row(
+    print_row(
         &format!("size: all {} functions (binaries / zips)", bins.len()),
         format!("{} / {}", megabytes(total.0), megabytes(total.1)),
     );
@@ -81,19 +82,25 @@ fn run() -> anyhow::Result<()> {
         ("RATE_LIMIT_ANONYMOUS_PER_MINUTE", "1000000"),
     ];
     let health = cold_starts(&release.join("health"), &env, "/api/health")?;
-    row(
+    print_row(
         &format!("cold start: health, spawn → first 200 (median / p90 of {COLD_RUNS})"),
         format!("{} / {}", millis(health.0), millis(health.1)),
     );
     let ready = cold_starts(&release.join("ready"), &env, "/api/ready")?;
-    row(
+    print_row(
         &format!(
             "cold start: ready, spawn → first 200 incl. database connect (median / p90 of {COLD_RUNS})"
         ),
         format!("{} / {}", millis(ready.0), millis(ready.1)),
     );
 
-    cold_paths(&release, &database_url)?;
+    let model = keel::knowledge::EmbeddingModel {
+        name: keel_local::MODEL_NAME.to_owned(),
+        dimensions: keel_local::DIMENSIONS as u32,
+    };
+    for line in cold_path_rows(&database_url, &model)? {
+        println!("{line}");
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -101,7 +108,7 @@ fn run() -> anyhow::Result<()> {
         .context("the load runtime starts")?;
     for (bin, path) in [("health", "/api/health"), ("ready", "/api/ready")] {
         let (idle, peak, took) = runtime.block_on(peak_rss(&release.join(bin), &env, path))?;
-        row(
+        print_row(
             &format!(
                 "RSS: {bin}, idle after one request / peak after {LOAD_REQUESTS} requests, {LOAD_CONCURRENCY} concurrent"
             ),
@@ -136,12 +143,26 @@ fn route_binaries(manifest: &Path) -> anyhow::Result<Vec<String>> {
 
 fn file_size(path: &Path) -> anyhow::Result<u64> {
     Ok(std::fs::metadata(path)
-        .with_context(|| format!("{} is missing: run scripts/bench artifacts", path.display()))?
+        .with_context(|| {
+            format!(
+                "{} is missing: run it through scripts/bench",
+                path.display()
+            )
+        })?
         .len())
 }
 
-fn row(metric: &str, value: String) {
-    println!("| {metric} | {value} |");
+/// Where cargo puts its builds: `CARGO_TARGET_DIR` when set, else `target`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| "target".into(), PathBuf::from)
+}
+
+fn row(metric: &str, value: String) -> String {
+    format!("| {metric} | {value} |")
+}
+
+fn print_row(metric: &str, value: String) {
+    println!("{}", row(metric, value));
 }
 
 fn megabytes(bytes: u64) -> String {
@@ -289,10 +310,26 @@ type Request = (&'static str, String, Vec<u8>);
 /// The `n`th request of a cold-path row, each with new content.
 type Requests = fn(usize) -> Request;
 
-/// The cold-path rows: a tenant is created, then `documents` and `search`
-/// are each started [`COLD_PATH_RUNS`] times.
-fn cold_paths(release: &Path, database_url: &str) -> anyhow::Result<()> {
-    let env = [("DATABASE_URL", database_url), ("ADMIN_API_KEY", ADMIN_KEY)];
+/// The cold-path rows: a tenant is created, then the release `documents`
+/// and `search` binaries are each started [`COLD_PATH_RUNS`] times,
+/// configured with the bench's embedding `model` (a function configured
+/// with another would register that model in the bench database, and
+/// every later search would choose between the two).
+pub(crate) fn cold_path_rows(
+    database_url: &str,
+    model: &keel::knowledge::EmbeddingModel,
+) -> anyhow::Result<Vec<String>> {
+    let release = target_dir().join("release");
+    for bin in ["tenants", "documents", "search"] {
+        file_size(&release.join(bin))?;
+    }
+    let dimensions = model.dimensions.to_string();
+    let env = [
+        ("DATABASE_URL", database_url),
+        ("ADMIN_API_KEY", ADMIN_KEY),
+        ("EMBEDDING_MODEL", &model.name),
+        ("EMBEDDING_DIMENSIONS", &dimensions),
+    ];
     let slug = format!("bench-artifacts-{}", std::process::id());
     let mut tenants = Function::spawn(&release.join("tenants"), &env)?;
     let stream = tenants.connect(Instant::now())?;
@@ -344,9 +381,10 @@ fn cold_paths(release: &Path, database_url: &str) -> anyhow::Result<()> {
             )
         }),
     ];
+    let mut lines = Vec::with_capacity(rows.len());
     for (bin, what, request) in rows {
         let (cold, warm) = cold_and_warm(&release.join(bin), &env, key, request)?;
-        row(
+        lines.push(row(
             &format!(
                 "cold path: {bin}, spawn → {what} / the same on the warm process (median of {COLD_PATH_RUNS})"
             ),
@@ -356,9 +394,9 @@ fn cold_paths(release: &Path, database_url: &str) -> anyhow::Result<()> {
                 millis(warm),
                 millis(cold.saturating_sub(warm))
             ),
-        );
+        ));
     }
-    Ok(())
+    Ok(lines)
 }
 
 fn put_document(id: String, content: String) -> Request {
