@@ -686,12 +686,17 @@ async fn content_of(app: &TestApp, id: &str) -> Option<String> {
         .and_then(|row| row.get(0))
 }
 
+const METRICS_TOKEN: &str = "metrics-token-0123456789abcdef0123456789";
+
 #[tokio::test]
 async fn an_event_waiting_for_another_delivery_never_runs_out_of_attempts() {
     // The default backoff, with each wait then cut short below: a backoff of
     // 0 would make the waiting task due again at once, and each cron run
     // would retry it until its whole time budget was spent.
-    let app = spawn_app().await;
+    let app = spawn_app_with(|_, vars| {
+        vars.insert("METRICS_TOKEN".into(), METRICS_TOKEN.into());
+    })
+    .await;
     let (_, endpoint, secret) = tenant_with_endpoint(&app).await;
     let event = upserted_at("menu", "Menu of 11:00.", "2026-11-21T11:00:00Z");
     app.deliver(&endpoint, &secret, "evt_11", &event).await;
@@ -725,6 +730,25 @@ async fn an_event_waiting_for_another_delivery_never_runs_out_of_attempts() {
             .contains("another delivery is applying document(s) menu")
     );
     assert_eq!(content_of(&app, "menu").await, None);
+    // Operators see the waits apart from failures.
+    let metrics = app
+        .client
+        .get(app.url("/api/metrics"))
+        .bearer_auth(METRICS_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("keel_tasks_finished_total{outcome=\"deferred\"} 8"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("keel_tasks_finished_total{outcome=\"failed\"} 0"),
+        "{metrics}"
+    );
 
     // The other delivery's lease ends: the event applies.
     db.execute(
