@@ -120,6 +120,52 @@ async fn a_refused_request_writes_nothing() {
     );
 }
 
+/// A large quota is counted as exactly as a small one, concurrent requests
+/// included, while the bucket's log stays a bounded number of rows (0028
+/// folds it into one row per second), so the check costs the same at any limit.
+#[tokio::test]
+async fn a_large_quota_counts_every_request_exactly_and_keeps_its_log_short() {
+    const LIMIT: usize = 450;
+    const CONCURRENT: usize = 400;
+    let app = app_with_quota("RATE_LIMIT_SEARCH_PER_MINUTE", LIMIT as u32).await;
+    let key = app.create_tenant("shop").await;
+
+    let workers = (0..8).map(|_| async {
+        let mut statuses = Vec::new();
+        for _ in 0..CONCURRENT / 8 {
+            statuses.push(keyword_search(&app, &key).await.status());
+        }
+        statuses
+    });
+    let statuses: Vec<_> = futures::future::join_all(workers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        app.count("select coalesce(sum(hits), 0)::bigint from keel.rate_limit_hits")
+            .await,
+        CONCURRENT as i64,
+        "folding neither loses nor duplicates a concurrent request"
+    );
+    let rows = app.count("select count(*) from keel.rate_limit_hits").await;
+    assert!(rows < 200, "{rows} rows for {CONCURRENT} requests");
+
+    for remaining in (0..LIMIT - CONCURRENT).rev() {
+        let response = keyword_search(&app, &key).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            header(&response, "ratelimit-remaining"),
+            remaining.to_string()
+        );
+    }
+    let refused = keyword_search(&app, &key).await;
+    assert_eq!(refused.status(), 429);
+    let retry_after = seconds(&refused, "retry-after");
+    assert!((1..=61).contains(&retry_after), "{retry_after}");
+}
+
 #[tokio::test]
 async fn quota_returns_once_counted_requests_leave_the_one_minute_window() {
     let app = app_with_quota("RATE_LIMIT_SEARCH_PER_MINUTE", 1).await;
