@@ -358,6 +358,51 @@ async fn a_small_tenant_among_many_still_gets_top_k_results() {
     assert!(document_ids(&body).iter().all(|id| id.starts_with('s')));
 }
 
+/// The vector ranking runs a statement it prepares once per database session
+/// (0029); one left under its name by anything else is replaced, not run.
+#[tokio::test]
+async fn the_vector_ranking_never_runs_a_statement_someone_else_prepared_under_its_name() {
+    let (_, url) = FakeOpenAi::start().await;
+    let app = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
+    restaurant_and_clinic(&app).await;
+    let session = app.db.connect().await;
+    let rank =
+        "select keel.rank_vector(e.tenant_id, e.model, e.dimensions, e.embedding, '{}', 5)::text
+                from keel.embeddings e order by e.chunk_id limit 1";
+    let ranked: String = session.query_one(rank, &[]).await.unwrap().get(0);
+    // Planned for each search (custom plans), so small tenants keep their
+    // exact ranking; never a cached generic plan.
+    let prepared = "select name, custom_plans, generic_plans from pg_prepared_statements
+                    where name like 'keel\\_rank\\_vector\\_%'";
+    let rows = session.query(prepared, &[]).await.unwrap();
+    assert_eq!(rows.len(), 1, "one statement, prepared on first use");
+    let name: String = rows[0].get(0);
+    for _ in 0..6 {
+        let same: String = session.query_one(rank, &[]).await.unwrap().get(0);
+        assert_eq!(same, ranked);
+    }
+    let rows = session.query(prepared, &[]).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].get::<_, i64>(1), rows[0].get::<_, i64>(2)),
+        (7, 0),
+        "the one statement, reused and planned for each search"
+    );
+
+    session
+        .batch_execute(&format!(
+            "deallocate {name};
+             prepare {name}(extensions.vector, uuid, int) as
+               select '[{{\"chunk_id\": -1, \"score\": 1}}]'::jsonb"
+        ))
+        .await
+        .unwrap();
+    let again: String = session.query_one(rank, &[]).await.unwrap().get(0);
+
+    assert_eq!(again, ranked);
+    assert!(!again.contains("-1"), "{again}");
+}
+
 #[tokio::test]
 async fn a_model_change_reembeds_in_the_background_while_search_serves_the_old_vectors_then_retires_them()
  {
