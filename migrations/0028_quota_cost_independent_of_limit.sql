@@ -69,6 +69,8 @@ begin
              sum(hits)
       from folded
       group by 2;
+      -- The oldest counted hit may just have moved to its second's end.
+      v_oldest := date_trunc('second', v_oldest - interval '1 microsecond') + interval '1 second';
     end if;
     -- Expired hits are also swept hourly by keel_prune_rate_limits; pruning busy
     -- buckets now and then keeps their index range short in between. Rows a

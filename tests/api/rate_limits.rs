@@ -166,6 +166,53 @@ async fn a_large_quota_counts_every_request_exactly_and_keeps_its_log_short() {
     assert!((1..=61).contains(&retry_after), "{retry_after}");
 }
 
+/// Folding moves a hit to the end of its second, never earlier: a folded hit
+/// is never forgotten before its window is over.
+#[tokio::test]
+async fn folded_hits_count_until_the_end_of_their_second() {
+    let app = spawn_app_with(|_, _| {}).await;
+    let db = app.db.connect().await;
+    db.batch_execute(
+        "create temp table seeded as
+           select date_trunc('second', clock_timestamp()) - interval '9.7 seconds' as at;
+         insert into keel.rate_limit_hits (bucket, at)
+           select 'test:fold', seeded.at from seeded, generate_series(1, 130);",
+    )
+    .await
+    .unwrap();
+
+    let quota: String = db
+        .query_one("select keel.take_quota('test:fold', 1000, 60)::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    let quota: Value = serde_json::from_str(&quota).unwrap();
+    assert_eq!(quota["allowed"], true);
+    assert_eq!(quota["remaining"], 1000 - 131);
+    let reset = quota["reset"].as_i64().unwrap();
+    assert!((50..=51).contains(&reset), "{reset}");
+    let folded = db
+        .query_one(
+            "select count(*), sum(hits)::bigint,
+                    count(*) filter (where h.hits = 130
+                                       and h.at = date_trunc('second', s.at) + interval '1 second')
+             from keel.rate_limit_hits h, seeded s where h.bucket = 'test:fold'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            folded.get::<_, i64>(0),
+            folded.get::<_, i64>(1),
+            folded.get::<_, i64>(2)
+        ),
+        (2, 131, 1),
+        "the 130 seeded hits in one row at the end of their second, the new hit in its own"
+    );
+}
+
 #[tokio::test]
 async fn quota_returns_once_counted_requests_leave_the_one_minute_window() {
     let app = app_with_quota("RATE_LIMIT_SEARCH_PER_MINUTE", 1).await;

@@ -365,7 +365,12 @@ async fn the_vector_ranking_never_runs_a_statement_someone_else_prepared_under_i
     let (_, url) = FakeOpenAi::start().await;
     let app = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
     restaurant_and_clinic(&app).await;
-    let session = app.db.connect().await;
+    let mut session = app.db.connect().await;
+    // A session that would otherwise cache generic plans.
+    session
+        .batch_execute("set plan_cache_mode = force_generic_plan")
+        .await
+        .unwrap();
     let rank =
         "select keel.rank_vector(e.tenant_id, e.model, e.dimensions, e.embedding, '{}', 5)::text
                 from keel.embeddings e order by e.chunk_id limit 1";
@@ -388,6 +393,18 @@ async fn the_vector_ranking_never_runs_a_statement_someone_else_prepared_under_i
         (7, 0),
         "the one statement, reused and planned for each search"
     );
+    let transaction = session.transaction().await.unwrap();
+    transaction.query_one(rank, &[]).await.unwrap();
+    let mode: String = transaction
+        .query_one("select current_setting('plan_cache_mode')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        mode, "force_generic_plan",
+        "the session's setting comes back"
+    );
+    transaction.commit().await.unwrap();
 
     session
         .batch_execute(&format!(
