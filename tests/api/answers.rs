@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::chat_double::{CHAT_KEY, FakeChat, Reply};
-use crate::helpers::{TestApp, error_body, openai_vars, spawn_app_with};
+use crate::helpers::{METRICS_TOKEN, TestApp, error_body, openai_vars, spawn_app_with};
 use crate::support::FakeOpenAi;
 
 /// A restaurant with its menu and FAQ, and a clinic beside it whose
@@ -619,11 +619,7 @@ async fn bad_chat_requests_get_clear_errors_before_any_work() {
 
 #[tokio::test]
 async fn answers_are_counted_in_the_metrics() {
-    let (app, _chat) = answering_app(
-        false,
-        &[("METRICS_TOKEN", "metrics-token-0123456789abcdef0123456789")],
-    )
-    .await;
+    let (app, _chat) = answering_app(false, &[("METRICS_TOKEN", METRICS_TOKEN)]).await;
     let (restaurant, _) = restaurant_and_clinic(&app).await;
     let response = completions(
         &app,
@@ -632,16 +628,7 @@ async fn answers_are_counted_in_the_metrics() {
     )
     .await;
     response.text().await.unwrap();
-    let metrics = app
-        .client
-        .get(app.url("/api/metrics"))
-        .bearer_auth("metrics-token-0123456789abcdef0123456789")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("keel_chat_tokens_total{kind=\"prompt\"} 120"),
         "{metrics}"

@@ -10,9 +10,9 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::helpers::{ADMIN_KEY, CRON_SECRET, repo_root, spawn_app_with_local_model};
-
-const METRICS_TOKEN: &str = "metrics-token-for-tests-0123456789abcdef";
+use crate::helpers::{
+    ADMIN_KEY, CRON_SECRET, METRICS_TOKEN, repo_root, spawn_app_with_local_model,
+};
 
 /// Examples per operation and phase: enough to reach every field's edge
 /// cases, few enough to keep the run within a couple of minutes.

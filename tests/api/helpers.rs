@@ -165,6 +165,8 @@ async fn ensure_template() -> String {
 
 pub const ADMIN_KEY: &str = "admin-key-for-tests-0123456789abcdef";
 pub const CRON_SECRET: &str = "cron-secret-for-tests-0123456789abcdef";
+/// For apps started with `METRICS_TOKEN` set to it.
+pub const METRICS_TOKEN: &str = "metrics-token-for-tests-0123456789abcdef";
 
 /// A running Keel server with every route, on its own port and database.
 pub struct TestApp {
@@ -353,6 +355,19 @@ impl TestApp {
             .unwrap();
         assert_eq!(response.status(), 200, "{path}");
         response.json().await.unwrap()
+    }
+
+    /// `GET /api/metrics` with [`METRICS_TOKEN`]: the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .client
+            .get(self.url("/api/metrics"))
+            .bearer_auth(METRICS_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
     }
 
     /// Registers a webhook endpoint for the tenant; returns (id, secret).

@@ -3,9 +3,9 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{ADMIN_KEY, client_from, maybe_json, repo_root, spawn_app_with};
-
-const METRICS_TOKEN: &str = "metrics-token-for-tests-0123456789abcdef";
+use crate::helpers::{
+    ADMIN_KEY, METRICS_TOKEN, client_from, maybe_json, repo_root, spawn_app_with,
+};
 
 /// Parses Prometheus text with the official Python client's parser and
 /// returns `{"name{label=value,...}": value}` for every sample.

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, error_body, maybe_json, spawn_app, spawn_app_with};
+use crate::helpers::{METRICS_TOKEN, TestApp, error_body, maybe_json, spawn_app, spawn_app_with};
 use crate::support::{json_reply, serve_http};
 
 fn upserted(id: &str, content: &str) -> Value {
@@ -686,8 +686,6 @@ async fn content_of(app: &TestApp, id: &str) -> Option<String> {
         .and_then(|row| row.get(0))
 }
 
-const METRICS_TOKEN: &str = "metrics-token-0123456789abcdef0123456789";
-
 #[tokio::test]
 async fn an_event_waiting_for_another_delivery_never_runs_out_of_attempts() {
     // The default backoff, with each wait then cut short below: a backoff of
@@ -731,16 +729,7 @@ async fn an_event_waiting_for_another_delivery_never_runs_out_of_attempts() {
     );
     assert_eq!(content_of(&app, "menu").await, None);
     // Operators see the waits apart from failures.
-    let metrics = app
-        .client
-        .get(app.url("/api/metrics"))
-        .bearer_auth(METRICS_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("keel_tasks_finished_total{outcome=\"deferred\"} 8"),
         "{metrics}"
