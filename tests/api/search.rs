@@ -484,6 +484,15 @@ async fn a_model_change_reembeds_in_the_background_while_search_serves_the_old_v
             .await,
         2
     );
+    assert_eq!(
+        app.count(
+            "select count(*) from pg_class where relname like 'embeddings_hnsw_%'
+             and reloptions @> array['m=16', 'ef_construction=200']"
+        )
+        .await,
+        2,
+        "each model's graph is built with a candidate list of 200, which keeps a topic ingested early reachable"
+    );
     let body = results(
         &switched,
         &restaurant,

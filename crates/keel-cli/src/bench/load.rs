@@ -636,7 +636,7 @@ async fn build_vector_indexes(harness: &Harness, table: &mut Table) -> anyhow::R
         "the HNSW index was not rebuilt: {outcome}"
     );
     table.push(format!(
-        "| HNSW index build over {vectors} vectors (m 16, ef_construction 64, 2 cores) | {:.1} s |",
+        "| HNSW index build over {vectors} vectors (m 16, ef_construction 200, 2 cores) | {:.1} s |",
         started.elapsed().as_secs_f64()
     ));
     harness
@@ -824,7 +824,7 @@ async fn recall_rows(
     )];
     for (ef, total) in EF_SEARCH_CURVE.iter().zip(curve_totals) {
         rows.push(format!(
-            "| HNSW index recall@10 vs exact at ef_search {ef} (best 10 of {CANDIDATES}), {at} (m 16, ef_construction 64, iterative scan) | {:.3} |",
+            "| HNSW index recall@10 vs exact at ef_search {ef} (best 10 of {CANDIDATES}), {at} (m 16, ef_construction 200, iterative scan) | {:.3} |",
             total / n
         ));
     }
