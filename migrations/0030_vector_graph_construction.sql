@@ -26,12 +26,17 @@
 -- by topic, so a shared index grows exactly like that.
 --
 -- Only new graphs and new inserts pay for it: an insert searches with the
--- index's ef_construction, about 2.8 ms instead of 0.9 per vector, on the
--- embeddings cron, never on a request. Existing indexes get the setting here
--- (a catalogue change; their graph is not rebuilt, which would block writes
--- for minutes inside a migration), so vectors inserted from now on use it;
--- `reindex index concurrently` rebuilds an existing graph with it without
--- blocking (README, "How search works").
+-- index's ef_construction, about 2.8 ms instead of 0.9 per vector in the
+-- 114k graph (2,000 of the tenant's vectors deleted and inserted again in one
+-- statement). Mostly the embeddings cron pays; a document update that keeps
+-- some of its chunks' vectors (keel_upsert_documents) inserts them again and
+-- pays it too. Existing indexes get the setting here: a catalogue change
+-- under a brief exclusive lock on each index, which gives up after 5 s
+-- rather than queue searches behind a long transaction. Their graphs are not
+-- rebuilt, which would block writes for minutes inside a migration; vectors
+-- inserted from now on use it, and `reindex index concurrently` rebuilds a
+-- graph with it without blocking (README, "How search works").
+set local lock_timeout = '5s';
 do $$
 declare
   v_index regclass;
@@ -119,3 +124,5 @@ begin
     'done', not exists (select 1 from keel.embedding_models
                         where model = v_model and dimensions = v_dimensions and backfill_after is not null));
 end $$;
+
+select keel.lock_down_api();
