@@ -42,12 +42,8 @@ async fn the_embedding_cron_needs_the_cron_secret() {
         );
     }
     let ok = app
-        .client
-        .get(app.url("/api/cron/embeddings"))
-        .bearer_auth(CRON_SECRET)
-        .send()
-        .await
-        .unwrap();
+        .get_authorized("/api/cron/embeddings", CRON_SECRET)
+        .await;
     assert_eq!(ok.status(), 200);
 }
 

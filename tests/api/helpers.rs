@@ -305,15 +305,7 @@ impl TestApp {
 
     /// Runs the embedding cron once, as Vercel Cron would, and returns its report.
     pub async fn run_embedding_cron(&self) -> serde_json::Value {
-        let response = self
-            .client
-            .get(self.url("/api/cron/embeddings"))
-            .bearer_auth(CRON_SECRET)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "embedding cron");
-        response.json().await.unwrap()
+        self.run_cron("/api/cron/embeddings").await
     }
 
     /// `POST path` with a bearer credential and a JSON body.
@@ -332,40 +324,32 @@ impl TestApp {
             .unwrap()
     }
 
-    /// `GET path` with a bearer credential, expecting JSON back.
-    pub async fn get_json(&self, path: &str, credential: &str) -> serde_json::Value {
-        let response = self
-            .client
+    /// `GET path` with a bearer credential.
+    pub async fn get_authorized(&self, path: &str, credential: &str) -> reqwest::Response {
+        self.client
             .get(self.url(path))
             .bearer_auth(credential)
             .send()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// `GET path` with a bearer credential, expecting JSON back.
+    pub async fn get_json(&self, path: &str, credential: &str) -> serde_json::Value {
+        let response = self.get_authorized(path, credential).await;
         response.json().await.expect("a JSON body")
     }
 
     /// Runs a cron route as Vercel Cron would and returns its report.
     pub async fn run_cron(&self, path: &str) -> serde_json::Value {
-        let response = self
-            .client
-            .get(self.url(path))
-            .bearer_auth(CRON_SECRET)
-            .send()
-            .await
-            .unwrap();
+        let response = self.get_authorized(path, CRON_SECRET).await;
         assert_eq!(response.status(), 200, "{path}");
         response.json().await.unwrap()
     }
 
     /// `GET /api/metrics` with [`METRICS_TOKEN`]: the Prometheus text.
     pub async fn metrics(&self) -> String {
-        let response = self
-            .client
-            .get(self.url("/api/metrics"))
-            .bearer_auth(METRICS_TOKEN)
-            .send()
-            .await
-            .unwrap();
+        let response = self.get_authorized("/api/metrics", METRICS_TOKEN).await;
         assert_eq!(response.status(), 200);
         response.text().await.unwrap()
     }

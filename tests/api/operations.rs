@@ -79,13 +79,7 @@ async fn metrics_parse_with_the_reference_parser_and_count_what_happened() {
             .await;
     }
 
-    let response = app
-        .client
-        .get(app.url("/api/metrics"))
-        .bearer_auth(METRICS_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let response = app.get_authorized("/api/metrics", METRICS_TOKEN).await;
 
     assert_eq!(response.status(), 200);
     assert_eq!(

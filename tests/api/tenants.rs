@@ -185,13 +185,7 @@ async fn tenants_are_listed_in_pages() {
     }
     assert_eq!(slugs, ["alpha", "bravo", "charlie"]);
 
-    let response = app
-        .client
-        .get(app.url("/api/tenants?limit=0"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
+    let response = app.get_authorized("/api/tenants?limit=0", ADMIN_KEY).await;
     assert_eq!(response.status(), 400);
     assert!(
         error_body(response).await["message"]
