@@ -806,6 +806,96 @@ async fn keyword_search_follows_replaced_and_deleted_documents() {
     );
 }
 
+/// A garage's forum threads, which say "gearbox" and "transmission fluid"
+/// together, and its manuals, of which only one says "gearbox".
+async fn garage(app: &TestApp) {
+    let key = app.create_tenant("garage").await;
+    let documents = json!([
+        {"id": "forum-1", "title": "Forum", "metadata": {"kind": "forum"},
+         "content": "My gearbox whines in third gear; the transmission fluid was low."},
+        {"id": "forum-2", "title": "Forum", "metadata": {"kind": "forum"},
+         "content": "A grinding gearbox is often old transmission fluid."},
+        {"id": "forum-3", "title": "Forum", "metadata": {"kind": "forum"},
+         "content": "Gearbox noise went away after fresh transmission fluid."},
+        {"id": "forum-4", "title": "Forum", "metadata": {"kind": "forum"},
+         "content": "Check the transmission fluid before blaming the gearbox."},
+        {"id": "manual-gearbox", "title": "Removal", "metadata": {"kind": "manual"},
+         "content": "Gearbox removal: undo the clutch housing bolts first."},
+        {"id": "manual-fluid", "title": "Service", "metadata": {"kind": "manual"},
+         "content": "Change the transmission fluid every 60,000 km."},
+        {"id": "manual-clutch", "title": "Repairs", "metadata": {"kind": "manual"},
+         "content": "A slipping clutch needs a new friction plate; inspect the housing."},
+        {"id": "manual-hours", "title": "Hours", "metadata": {"kind": "manual"},
+         "content": "The workshop is open from 8am to 6pm on weekdays."}
+    ]);
+    assert_eq!(app.put_documents(&key, documents).await.status(), 200);
+}
+
+/// The garage's keyword ranking of "gearbox" (document ids, best first),
+/// with keyword feedback from its best `feedback_chunks` chunks as hybrid
+/// search uses it (10 words at half weight, 2,000 postings to find them), or none.
+async fn gearbox_ranking(app: &TestApp, filter: &str, feedback_chunks: i32) -> Vec<String> {
+    let ranking: Value = app
+        .db
+        .connect()
+        .await
+        .query_one(
+            "select coalesce(jsonb_agg(d.external_id order by r.i), '[]')
+             from jsonb_array_elements(keel.rank_keyword_feedback(
+                    (select id from keel.tenants where slug = 'garage'), '{\"gearbox\": 1}', null,
+                    $1::text::jsonb, 20, 1.2, 0.6, 1, 5000, $2, 10, 0.5, 2000)) with ordinality r (x, i)
+             join keel.chunks c on c.id = (r.x->>'chunk_id')::bigint
+             join keel.documents d on d.id = c.document_id",
+            &[&filter, &feedback_chunks],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    serde_json::from_value(ranking).unwrap()
+}
+
+#[tokio::test]
+async fn keyword_feedback_finds_the_chunks_that_say_it_in_the_best_matches_words() {
+    let (_, url) = FakeOpenAi::start().await;
+    let app = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
+    garage(&app).await;
+    let says_gearbox = ["forum-1", "forum-2", "forum-3", "forum-4", "manual-gearbox"];
+
+    let plain = gearbox_ranking(&app, "{}", 0).await;
+    assert_eq!(plain.len(), 5, "{plain:?}");
+    assert!(
+        says_gearbox
+            .iter()
+            .all(|id| plain.contains(&id.to_string())),
+        "{plain:?}"
+    );
+
+    let expanded = gearbox_ranking(&app, "{}", 4).await;
+    assert_eq!(
+        expanded[..5]
+            .iter()
+            .filter(|id| says_gearbox.contains(&id.as_str()))
+            .count(),
+        5,
+        "the query's own matches stay first: {expanded:?}"
+    );
+    assert_eq!(
+        expanded[5..],
+        ["manual-fluid"],
+        "found through the words the forum threads share with it, \
+         not through a word only one best chunk holds (clutch)"
+    );
+
+    let manuals = r#"{"kind": "manual"}"#;
+    assert_eq!(gearbox_ranking(&app, manuals, 0).await, ["manual-gearbox"]);
+    assert_eq!(
+        gearbox_ranking(&app, manuals, 4).await,
+        ["manual-gearbox", "manual-clutch"],
+        "feedback comes only from chunks the filter admits: the manual's clutch, \
+         not the filtered-out forum's transmission fluid"
+    );
+}
+
 #[tokio::test]
 async fn concurrent_writers_of_one_tenant_leave_exact_keyword_statistics() {
     let (_, url) = FakeOpenAi::start().await;

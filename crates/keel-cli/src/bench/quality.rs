@@ -166,13 +166,26 @@ fn experiments() -> Vec<Experiment> {
             settings: numbers("feedback_keyword_weight", &[0.5, 0.75, 1.0, 1.25, 1.5]),
         },
         Experiment {
-            title: "feedback words added to the keyword query".into(),
+            title: "feedback words added to the keyword query (migrations/0031)".into(),
             modes: modes(&["keyword", "hybrid"]),
-            settings: numbers("feedback_terms", &[0.0, 5.0, 10.0]),
+            settings: numbers("feedback_terms", &[0.0, 5.0, 10.0, 20.0]),
+        },
+        Experiment {
+            title: "keyword ranking's best chunks the feedback words come from".into(),
+            modes: modes(&["hybrid"]),
+            settings: numbers("keyword_feedback_chunks", &[0.0, 2.0, 3.0, 4.0, 6.0]),
+        },
+        Experiment {
+            title: "postings read to find those chunks".into(),
+            modes: modes(&["hybrid"]),
+            settings: numbers(
+                "keyword_feedback_postings",
+                &[500.0, 1000.0, 2000.0, 5000.0],
+            ),
         },
         Experiment {
             title: "weight of a feedback word (relative to a query word)".into(),
-            modes: modes(&["keyword", "hybrid"]),
+            modes: modes(&["hybrid"]),
             settings: numbers("feedback_term_weight", &[0.0, 0.25, 0.5, 1.0]),
         },
     ]
