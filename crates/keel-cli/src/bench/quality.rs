@@ -151,7 +151,7 @@ fn experiments() -> Vec<Experiment> {
             settings: numbers("candidates", &[20.0, 40.0, 80.0, 160.0]),
         },
         Experiment {
-            title: "feedback chunks (pseudo-relevance feedback, migrations/0021)".into(),
+            title: "dense feedback chunks (pseudo-relevance feedback, migrations/0021)".into(),
             modes: modes(&["keyword", "vector", "hybrid"]),
             settings: numbers("feedback_chunks", &[0.0, 3.0, 5.0, 10.0]),
         },
