@@ -1,9 +1,11 @@
+use std::collections::HashMap;
+
 use serde_json::{Value, json};
 
 use crate::helpers::{
     TestApp, error_body, openai_vars, spawn_app_with, spawn_app_with_local_model,
 };
-use crate::support::{FakeOpenAi, Scripted};
+use crate::support::{FakeOpenAi, Scripted, bag_of_words};
 
 /// A restaurant's menu and FAQ, and a clinic's unrelated documents.
 async fn restaurant_and_clinic(app: &TestApp) -> (String, String) {
@@ -893,6 +895,59 @@ async fn keyword_feedback_finds_the_chunks_that_say_it_in_the_best_matches_words
         ["manual-gearbox", "manual-clutch"],
         "feedback comes only from chunks the filter admits: the manual's clutch, \
          not the filtered-out forum's transmission fluid"
+    );
+}
+
+/// The garage's hybrid search for "gearbox" as the handler calls
+/// `keel_search` once it holds the query vector, plus `knobs`: each
+/// document's fused score.
+async fn gearbox_hybrid_scores(app: &TestApp, knobs: Value) -> HashMap<String, f64> {
+    let mut args = json!({
+        "mode": "hybrid", "query": "gearbox", "top_k": 8, "filter": {},
+        "model": "text-embedding-3-small", "dimensions": 64, "model_chosen": true,
+        "query_hash": "gearbox", "cache_hit": true, "cache_ttl_seconds": 60,
+        "embedding": bag_of_words("gearbox", 64),
+    });
+    args.as_object_mut()
+        .unwrap()
+        .extend(knobs.as_object().unwrap().clone());
+    let body: Value = app
+        .db
+        .connect()
+        .await
+        .query_one(
+            "select public.keel_search($1::text::jsonb
+                      || jsonb_build_object('tenant_id', (select id from keel.tenants where slug = 'garage')))",
+            &[&args.to_string()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["document_id"].as_str().unwrap().to_owned(),
+                r["score"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn hybrid_search_uses_keyword_feedback_by_default() {
+    let (_, url) = FakeOpenAi::start().await;
+    let app = spawn_app_with(|_, vars| openai_vars(vars, &url)).await;
+    garage(&app).await;
+    assert_eq!(app.run_embedding_cron().await["remaining"], 0);
+
+    let with_feedback = gearbox_hybrid_scores(&app, json!({})).await;
+    let without = gearbox_hybrid_scores(&app, json!({"feedback_term_weight": 0})).await;
+    assert!(
+        with_feedback["manual-fluid"] > without["manual-fluid"],
+        "the keyword ranking found it through the forum's words: {with_feedback:?} / {without:?}"
     );
 }
 
